@@ -1,0 +1,37 @@
+# The two commands that matter: `make run` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup protos run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,uvloop]'
+	touch $(STAMP)
+
+# ONE protoc run over every proto into an emptied gen/ (a second run would overwrite shared modules).
+protos: $(STAMP)
+	rm -rf gen
+	mkdir -p gen
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_betterproto2_out=gen \
+		--python_betterproto2_opt=client_generation=async,server_generation=async,google_protobuf_descriptors \
+		$$(cd protos && find . -name '*.proto' | sed 's|^\./||' | LC_ALL=C sort)
+
+run: $(STAMP)
+	$(BIN)/grpcstack serve platform_services.server:PlatformServer
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,114 @@
+"""The ``grpcstack`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .server import AsyncBaseServer
+from .settings import ServerSettings, SettingsError
+
+
+class TargetError(Exception):
+    """A ``module:Class`` target that cannot be served."""
+
+
+def load_server_class(target: str) -> type[AsyncBaseServer]:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetError(f"target {target!r} must look like 'package.module:ServerClass'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise TargetError(f"cannot import module {module_name!r}: {exc}") from None
+        raise  # the module exists but one of its own imports failed: show the real traceback
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not (isinstance(obj, type) and issubclass(obj, AsyncBaseServer)):
+        raise TargetError(f"{target!r} is not an AsyncBaseServer subclass")
+    return obj
+
+
+def build_server(target: str, port: int | None = None) -> AsyncBaseServer:
+    cls = load_server_class(target)
+    overrides = {} if port is None else {"GRPC_SERVER_PORT": port}
+    settings: ServerSettings = cls.settings_class.load(**overrides)
+    return cls(settings)
+
+
+def run_server(server: AsyncBaseServer) -> None:
+    """Run ``server.serve()`` on uvloop when enabled and installed, else on asyncio."""
+    if server.settings.GRPC_UVLOOP:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(server.serve())
+            return
+    asyncio.run(server.serve())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grpcstack",
+        description="Serve and operate grpcstack gRPC servers.",
+        epilog="Settings come from the environment and .env (GRPC_SERVER_PORT, "
+        "GRPC_SERVER_ENABLE_REFLECTION, GRPC_MAX_MESSAGE_LENGTH, ...); see the README.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="serve an AsyncBaseServer subclass until SIGINT/SIGTERM",
+        description="Load package.module:ServerClass, read its settings class from the "
+        "environment and serve. The first SIGINT/SIGTERM drains gracefully "
+        "(GRPC_SERVER_GRACE_PERIOD_SECONDS) and exits 0; a second one exits at once.",
+    )
+    serve.add_argument("target", help="the server class, as package.module:ServerClass")
+    serve.add_argument("--port", type=int, help="override GRPC_SERVER_PORT (0 = any free port)")
+    serve.add_argument(
+        "--reload-free",
+        action="store_true",
+        help="serve without a code reloader; this is the only mode grpcstack has, so the flag "
+        "is accepted for scripts that pass it and changes nothing",
+    )
+    serve.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING ...)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    if args.port is not None and not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a port number (0-65535)")
+    try:
+        server = build_server(args.target, args.port)
+    except (TargetError, SettingsError) as exc:
+        print(f"grpcstack: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or server.settings.LOG_LEVEL).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run_server(server)
+    except OSError as exc:  # e.g. the port is taken
+        print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""AsyncBaseServer: the one class a team subclasses to serve its gRPC services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from grpclib.config import Configuration
+
+from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
+from .reflection import reflection_services, service_names
+from .resources import Resources
+from .settings import ServerSettings
+from .transport import GrpcServer
+
+log = logging.getLogger("grpcstack.server")
+
+# Without this pause grpclib clients drop a response that arrives in the same read as GOAWAY.
+GOAWAY_LINGER_SECONDS = 0.25
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+class AsyncBaseServer:
+    """Base class of a grpcstack server.
+
+    Subclasses implement :meth:`services` and may override the async hooks. Lifecycle::
+
+        start():  resources -> before_start -> bind -> health SERVING -> after_start
+        stop():   before_stop -> drain (grace) -> GOAWAY -> after_stop -> resources closed
+    """
+
+    settings_class: ClassVar[type[ServerSettings]] = ServerSettings
+
+    def __init__(self, settings: ServerSettings | None = None) -> None:
+        self.settings = settings if settings is not None else self.settings_class.load()
+        self.resources = Resources(self.settings)
+        self.health = HealthService(
+            check_timeout=self.settings.GRPC_HEALTH_CHECK_TIMEOUT_SECONDS,
+            interval=self.settings.GRPC_HEALTH_CHECK_INTERVAL_SECONDS,
+        )
+        self.port: int | None = None
+        self.grpc_server: GrpcServer | None = None
+        self._stopped: asyncio.Event | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._service_names: list[str] = []
+
+    # --- what subclasses provide ------------------------------------------------------------
+
+    def services(self) -> Sequence[Any]:
+        """The betterproto2 (or any grpclib) service instances to serve. Required."""
+        raise NotImplementedError(f"{type(self).__name__} must implement services()")
+
+    async def before_start(self) -> None:
+        """Runs inside the loop before the port is bound; resources are ready."""
+
+    async def after_start(self) -> None:
+        """Runs once the server accepts calls and health says SERVING."""
+
+    async def before_stop(self) -> None:
+        """Runs when a stop begins, while calls are still served."""
+
+    async def after_stop(self) -> None:
+        """Runs after every call ended and every connection closed, before resources close."""
+
+    def add_readiness_check(
+        self, check: ReadinessCheck, *, service: str | None = None, name: str | None = None
+    ) -> None:
+        """Health turns NOT_SERVING while ``check`` returns False, raises or times out.
+
+        ``service`` is a full service name ("pkg.Service"); None applies to every service.
+        """
+        self.health.add_check(check, service=service, name=name)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Open resources, run before_start, bind and serve, run after_start.
+
+        ``sock`` is an already bound socket (create it with ``IPPROTO_TCP`` or asyncio skips
+        TCP_NODELAY); otherwise GRPC_SERVER_HOST:GRPC_SERVER_PORT is bound (port 0 = any).
+        """
+        if self.grpc_server is not None:
+            raise RuntimeError("server already started")
+        s = self.settings
+        self._stopped = asyncio.Event()
+        await self.resources.open()
+        try:
+            await self.before_start()
+            user_services = list(self.services())
+            if not user_services:
+                raise ValueError(f"{type(self).__name__}.services() returned no services")
+            handlers: list[Any] = [*user_services, self.health]
+            if s.GRPC_SERVER_ENABLE_REFLECTION:
+                handlers += reflection_services(handlers)
+            self._service_names = [n for svc in user_services for n in service_names(svc)]
+            for name in self._service_names:
+                self.health.register(name)
+            # grpclib binds its Server to the running loop: build it here, not in __init__.
+            self.grpc_server = GrpcServer(
+                handlers,
+                config=self._grpclib_config(),
+                max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
+                max_receive_message_length=s.GRPC_MAX_MESSAGE_LENGTH,
+            )
+            if sock is not None:
+                await self.grpc_server.start(sock=sock, ssl=self._ssl_context())
+            else:
+                await self.grpc_server.start(
+                    s.GRPC_SERVER_HOST,
+                    s.GRPC_SERVER_PORT,
+                    ssl=self._ssl_context(),
+                    reuse_port=s.GRPC_SERVER_REUSE_PORT or None,
+                )
+            self.port = self.grpc_server.listening_sockets[0].getsockname()[1]
+        except BaseException:
+            await self._abort_start()
+            raise
+        self.health.set_all(SERVING)
+        log.info(
+            "%s serving %s on port %s", s.SERVICE_NAME, ", ".join(self._service_names), self.port
+        )
+        try:
+            await self.after_start()
+        except BaseException:
+            # the server was up: stop it the normal way so nothing is left listening
+            await self.stop(0)
+            raise
+
+    async def _abort_start(self) -> None:
+        if self.grpc_server is not None and self.grpc_server._server is not None:
+            self.grpc_server.close()
+            self.grpc_server.goaway_all()
+        self.grpc_server = None
+        await self.resources.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Drain and stop. Safe to call more than once; later calls wait for the first.
+
+        New calls get UNAVAILABLE at once; in-flight calls have ``grace_period`` seconds
+        (GRPC_SERVER_GRACE_PERIOD_SECONDS by default) to finish, the rest end UNAVAILABLE; then
+        every connection gets GOAWAY and is closed.
+        """
+        if self._stop_task is None:
+            grace = (
+                self.settings.GRPC_SERVER_GRACE_PERIOD_SECONDS
+                if grace_period is None
+                else grace_period
+            )
+            self._stop_task = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace: float) -> None:
+        server = self.grpc_server
+        if server is None:
+            raise RuntimeError("server not started")
+        try:
+            await self.before_stop()
+        finally:
+            server.draining = True
+            self.health.shutdown()
+            server.stop_listening()
+            pending = {t for t in server.inflight if not t.done()}
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=grace)
+            if pending:
+                log.warning(
+                    "%d call(s) still running after %ss grace: cancelling", len(pending), grace
+                )
+                server.stopping = True
+                server.cancel_inflight()
+                await asyncio.wait(pending, timeout=1.0)
+            await asyncio.sleep(GOAWAY_LINGER_SECONDS)
+            server.goaway_all()
+            server.close()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await server.wait_closed()
+            except TimeoutError:
+                log.warning("connections did not close within %ss", CLOSE_TIMEOUT_SECONDS)
+            try:
+                await self.after_stop()
+            finally:
+                await self.resources.close()
+                assert self._stopped is not None
+                self._stopped.set()
+                log.info("%s stopped", self.settings.SERVICE_NAME)
+
+    async def wait_for_termination(self) -> None:
+        """Wait until a stop (from a signal or another task) has finished."""
+        if self._stopped is None:
+            raise RuntimeError("server not started")
+        await self._stopped.wait()
+
+    async def serve(self) -> None:
+        """start(), then run until SIGINT/SIGTERM.
+
+        First signal: graceful stop (drain within the grace period); the coroutine returns.
+        Second signal: immediate exit of the process.
+        """
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+
+        def on_signal(signum: int) -> None:
+            if self._stop_task is not None:
+                log.warning("second %s: exiting immediately", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s: stopping gracefully", signal.Signals(signum).name)
+            self._stop_task = asyncio.ensure_future(
+                self._stop(self.settings.GRPC_SERVER_GRACE_PERIOD_SECONDS)
+            )
+
+        await self.start()
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.wait_for_termination()
+            if self._stop_task is not None:
+                await self._stop_task
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @property
+    def service_names(self) -> list[str]:
+        return list(self._service_names)
+
+    @property
+    def serving(self) -> bool:
+        return self.grpc_server is not None and not self.grpc_server.draining
+
+    def _grpclib_config(self) -> Configuration:
+        s = self.settings
+        return Configuration(
+            _keepalive_time=s.GRPC_KEEPALIVE_TIME_MS / 1000,
+            _keepalive_timeout=s.GRPC_KEEPALIVE_TIMEOUT_MS / 1000,
+            _keepalive_permit_without_calls=s.GRPC_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+            http2_connection_window_size=s.GRPC_HTTP2_CONNECTION_WINDOW_SIZE,
+            http2_stream_window_size=s.GRPC_HTTP2_STREAM_WINDOW_SIZE,
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if s.GRPC_TLS_CERT_FILE is None or s.GRPC_TLS_KEY_FILE is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(s.GRPC_TLS_CERT_FILE), str(s.GRPC_TLS_KEY_FILE))
+        ctx.set_alpn_protocols(["h2"])
+        if s.GRPC_TLS_CLIENT_CA_FILE is not None:
+            ctx.load_verify_locations(str(s.GRPC_TLS_CLIENT_CA_FILE))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+__all__ = ["NOT_SERVING", "SERVING", "AsyncBaseServer"]

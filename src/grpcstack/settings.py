@@ -1,0 +1,141 @@
+"""Server settings read from the environment and `.env`.
+
+Field names are the environment names of the seeds' ``CommonSettings`` (``GRPC_SERVER_PORT``,
+``GRPC_ENABLE_AUTH`` ...), so a team overrides them per service exactly as before::
+
+    class StrategySettings(ServerSettings):
+        SERVICE_NAME: str = "strategy-service"
+        GRPC_RATE_LIMIT_MAX_REQUESTS: int = 2000
+
+Environment variables (and `.env`) still win over class defaults. Seed settings with no meaning on
+asyncio (``GRPC_SERVER_MAX_WORKERS``: there is no thread pool) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+# HTTP/2 allows windows from 64 KiB - 1 to 2 GiB - 1 (RFC 9113 6.9.2); grpclib wants >= 64 KiB.
+WindowSize = Annotated[int, Field(ge=2**16, le=2**31 - 1)]
+
+DEFAULT_AUTH_EXEMPT_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names every offending environment variable."""
+
+
+class ServerSettings(BaseSettings):
+    """Everything an AsyncBaseServer reads at start. Subclass to add or override per service."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        frozen=True,
+    )
+
+    # Service
+    SERVICE_NAME: str = "grpc-service"
+    ENVIRONMENT: str = "development"
+    LOG_LEVEL: str = "INFO"
+
+    # Server
+    GRPC_SERVER_HOST: str = "0.0.0.0"
+    GRPC_SERVER_PORT: Port = 50051
+    GRPC_SERVER_ENABLE_REFLECTION: bool = False
+    GRPC_SERVER_REUSE_PORT: bool = False
+    GRPC_SERVER_GRACE_PERIOD_SECONDS: NonNegativeFloat = 10.0
+    GRPC_SERVER_MAX_WORKERS: int | None = None  # seed name; ignored: no thread pool on asyncio
+    GRPC_UVLOOP: bool = True  # use uvloop when it is installed (`pip install grpcstack[uvloop]`)
+
+    # Server options
+    GRPC_KEEPALIVE_TIME_MS: PositiveInt = 30_000
+    GRPC_KEEPALIVE_TIMEOUT_MS: PositiveInt = 10_000
+    GRPC_KEEPALIVE_PERMIT_WITHOUT_CALLS: bool = False
+    GRPC_MAX_CONCURRENT_STREAMS: PositiveInt = 100
+    GRPC_MAX_MESSAGE_LENGTH: PositiveInt = 10 * 1024 * 1024
+    GRPC_HTTP2_CONNECTION_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
+    GRPC_HTTP2_STREAM_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
+
+    # TLS (off unless a certificate is given; a client CA turns on mutual TLS)
+    GRPC_TLS_CERT_FILE: Path | None = None
+    GRPC_TLS_KEY_FILE: Path | None = None
+    GRPC_TLS_CLIENT_CA_FILE: Path | None = None
+
+    # Health
+    GRPC_HEALTH_CHECK_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 2.0
+    GRPC_HEALTH_CHECK_INTERVAL_SECONDS: Annotated[float, Field(gt=0)] = 5.0
+
+    # Middleware switches (the seeds' interceptor settings)
+    GRPC_ENABLE_AUTH: bool = True
+    GRPC_ENABLE_RATE_LIMITING: bool = True
+    GRPC_ENABLE_METRICS: bool = True
+    GRPC_ENABLE_ERROR_HANDLING: bool = True
+    GRPC_AUTH_EXEMPT_METHODS: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_AUTH_EXEMPT_METHODS)
+    )
+    GRPC_RATE_LIMIT_MAX_REQUESTS: PositiveInt = 1000
+    GRPC_RATE_LIMIT_WINDOW_SECONDS: PositiveInt = 60
+    GRPC_METRICS_PORT: Port = 0  # 0 = no /metrics exporter
+
+    # Response cache
+    GRPC_CACHE_ENABLED: bool = True
+    GRPC_CACHE_L1_TTL_SECONDS: PositiveInt = 300
+    GRPC_CACHE_L1_MAX_SIZE: PositiveInt = 100
+    GRPC_CACHE_L2_TTL_SECONDS: PositiveInt = 3600
+    GRPC_CACHE_DEFAULT_TTL: PositiveInt = 300
+
+    # Shared resources (used only when set)
+    REDIS_URL: str | None = None
+    REDIS_DB_USER: int = 0
+    REDIS_DB_MARKET: int = 1
+    REDIS_DB_GRPC: int = 2
+    REDIS_DB_RATE_LIMIT: int = 3
+    REDIS_DB_SESSION: int = 4
+    MONGO_URL: str | None = None
+    DUCKDB_PATH: str = ":memory:"
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ServerSettings:
+        if (self.GRPC_TLS_CERT_FILE is None) != (self.GRPC_TLS_KEY_FILE is None):
+            raise ValueError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE must be set together")
+        if self.GRPC_TLS_CLIENT_CA_FILE is not None and self.GRPC_TLS_CERT_FILE is None:
+            raise ValueError("GRPC_TLS_CLIENT_CA_FILE needs GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.GRPC_TLS_CERT_FILE is not None
+
+    @classmethod
+    def load(cls, **overrides: Any) -> ServerSettings:
+        """Read the environment (and `.env`), raising SettingsError naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "settings"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"invalid setting {name}{shown}: {err['msg']}")
+    return "\n".join(lines)

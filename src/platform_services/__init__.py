@@ -1,0 +1,1 @@
+"""The example platform of the seeds, served on grpcstack."""

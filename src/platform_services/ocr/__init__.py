@@ -1,0 +1,1 @@
+"""OCR service (seed 001) on a real Tesseract engine."""

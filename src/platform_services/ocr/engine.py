@@ -1,0 +1,236 @@
+"""Tesseract through its command line: word boxes and confidences from its TSV output.
+
+The engine runs ``tesseract`` as a subprocess (never on the event loop thread), at most
+``max_concurrency`` at once, each bounded by ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+# Request language names (the seed's "korean") to Tesseract codes.
+LANGUAGE_ALIASES = {
+    "korean": "kor+eng",
+    "ko": "kor",
+    "kor": "kor",
+    "english": "eng",
+    "en": "eng",
+    "eng": "eng",
+}
+_TESS_CODE = re.compile(r"^[a-z][a-z_]{1,15}$")
+INSTALL_HINT = "install Tesseract: apt-get install tesseract-ocr tesseract-ocr-kor"
+
+
+class EngineUnavailable(Exception):
+    """Tesseract (or a language's data) is not installed."""
+
+
+class ImageError(Exception):
+    """The file is not a readable image within limits."""
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    confidence: float  # 0..1
+    left: int
+    top: int
+    width: int
+    height: int
+    line: tuple[int, int, int, int]  # page, block, paragraph, line
+
+    @property
+    def quad(self) -> list[float]:
+        """Clockwise from top left: x1, y1, x2, y2, x3, y3, x4, y4."""
+        right, bottom = self.left + self.width, self.top + self.height
+        return [
+            float(self.left),
+            float(self.top),
+            float(right),
+            float(self.top),
+            float(right),
+            float(bottom),
+            float(self.left),
+            float(bottom),
+        ]
+
+
+@dataclass
+class OcrResult:
+    text: str
+    confidence: float
+    words: list[Word]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_languages(language: str) -> str:
+    """'korean' -> 'kor+eng'; 'kor+eng' stays; raises ValueError for anything malformed."""
+    name = (language or "korean").strip().lower()
+    if name in LANGUAGE_ALIASES:
+        return LANGUAGE_ALIASES[name]
+    parts = name.split("+")
+    if not all(_TESS_CODE.match(p) for p in parts):
+        raise ValueError(f"language {language!r} is not a known name or Tesseract code")
+    return "+".join(LANGUAGE_ALIASES.get(p, p) for p in parts)
+
+
+def parse_tsv(tsv: str) -> list[Word]:
+    words = []
+    for row in csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE):
+        if row.get("level") != "5":
+            continue
+        text = (row.get("text") or "").strip()
+        conf = float(row.get("conf") or -1)
+        if not text or conf < 0:
+            continue
+        words.append(
+            Word(
+                text=text,
+                confidence=min(conf / 100.0, 1.0),
+                left=int(row["left"]),
+                top=int(row["top"]),
+                width=int(row["width"]),
+                height=int(row["height"]),
+                line=(
+                    int(row["page_num"]),
+                    int(row["block_num"]),
+                    int(row["par_num"]),
+                    int(row["line_num"]),
+                ),
+            )
+        )
+    return words
+
+
+def join_text(words: list[Word]) -> str:
+    """Words of one Tesseract line joined by spaces, lines by newlines."""
+    lines: dict[tuple[int, int, int, int], list[str]] = {}
+    for word in words:
+        lines.setdefault(word.line, []).append(word.text)
+    return "\n".join(" ".join(ws) for ws in lines.values())
+
+
+def check_image(path: Path, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) of a real image; FileNotFoundError or ImageError otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with Image.open(path) as img:
+            fmt, (width, height) = img.format or "unknown", img.size
+            if width * height > max_pixels:
+                raise ImageError(f"image is {width}x{height}, over the {max_pixels} pixel limit")
+            img.verify()
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"not a readable image: {exc}") from None
+    return fmt, width, height
+
+
+class TesseractEngine:
+    name = "tesseract"
+
+    def __init__(
+        self,
+        command: str = "tesseract",
+        *,
+        max_concurrency: int = 2,
+        timeout: float = 120.0,
+        max_pixels: int = 40_000_000,
+    ) -> None:
+        self.command = command
+        self.timeout = timeout
+        self.max_pixels = max_pixels
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self.version = ""
+        self.languages: frozenset[str] = frozenset()
+        self.path: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None and bool(self.languages)
+
+    async def probe(self) -> None:
+        """Find the binary, its version and installed languages (stays unavailable on error)."""
+        self.path = shutil.which(self.command)
+        if self.path is None:
+            return
+        try:
+            out = await self._run(self.path, "--version")
+            self.version = out.splitlines()[0].replace("tesseract", "").strip() if out else ""
+            langs = await self._run(self.path, "--list-langs")
+            self.languages = frozenset(
+                line.strip() for line in langs.splitlines()[1:] if line.strip()
+            )
+        except (OSError, RuntimeError, TimeoutError):
+            self.path = None
+
+    def require(self, languages: str) -> None:
+        if not self.available:
+            raise EngineUnavailable(f"the OCR engine is not available: {INSTALL_HINT}")
+        missing = [code for code in languages.split("+") if code not in self.languages]
+        if missing:
+            raise EngineUnavailable(
+                f"Tesseract language data not installed: {', '.join(missing)} "
+                f"(apt-get install {' '.join('tesseract-ocr-' + m for m in missing)})"
+            )
+
+    async def recognize(
+        self, path: Path, *, languages: str, threshold: float, detect_orientation: bool
+    ) -> OcrResult:
+        self.require(languages)
+        fmt, width, height = await asyncio.to_thread(check_image, path, self.max_pixels)
+        # psm 1 = automatic segmentation with orientation and script detection (the seed's
+        # use_angle_cls); psm 3 = automatic segmentation without it.
+        psm = "1" if detect_orientation else "3"
+        assert self.path is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tsv = await self._run(self.path, str(path), "stdout", "-l", languages, "--psm", psm, "tsv")
+        elapsed_ms = (loop.time() - started) * 1000
+        words = [w for w in parse_tsv(tsv) if w.confidence >= threshold]
+        confidence = sum(w.confidence for w in words) / len(words) if words else 0.0
+        return OcrResult(
+            text=join_text(words),
+            confidence=confidence,
+            words=words,
+            metadata={
+                "engine": self.name,
+                "engine_version": self.version,
+                "language": languages,
+                "psm": psm,
+                "image_format": fmt,
+                "image_size": f"{width}x{height}",
+                "processing_ms": f"{elapsed_ms:.1f}",
+            },
+        )
+
+    async def _run(self, *argv: str) -> str:
+        async with self._slots:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"},
+            )
+            try:
+                async with asyncio.timeout(self.timeout):
+                    out, err = await proc.communicate()
+            except BaseException:  # timeout or the caller's cancellation: never leak the child
+                proc.kill()
+                await proc.wait()
+                raise
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace").strip().splitlines()
+            raise RuntimeError(
+                f"tesseract exited {proc.returncode}: {detail[-1] if detail else ''}"
+            )
+        return out.decode(errors="replace")

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpclib.client import Channel
+
+from grpcstack import AsyncBaseServer, ServerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening-ready socket on an ephemeral port (IPPROTO_TCP, or asyncio skips NODELAY)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def settings(**overrides: Any) -> ServerSettings:
+    base: dict[str, Any] = {"GRPC_SERVER_HOST": "127.0.0.1", "GRPC_SERVER_PORT": 0}
+    base.update(overrides)
+    return ServerSettings(_env_file=None, **base)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def running(server: AsyncBaseServer, grace: float = 1.0) -> AsyncIterator[AsyncBaseServer]:
+    """Start ``server`` on an ephemeral port; always stop it."""
+    await server.start(sock=bound_socket())
+    try:
+        yield server
+    finally:
+        if server.grpc_server is not None:
+            await server.stop(grace)
+
+
+@asynccontextmanager
+async def channel(server: AsyncBaseServer) -> AsyncIterator[Channel]:
+    ch = Channel("127.0.0.1", server.port)
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """grpcio stubs (``_pb2``, ``_pb2_grpc``) compiled from protos/ for the grpcio client."""
+    import importlib
+    import types
+
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("pb2")
+    protos = ROOT / "protos"
+    files = ["common.proto", "ocr.proto", "echo.proto", "llm.proto"]
+    include = Path(protoc.__file__).parent / "_proto"
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{protos}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            *files,
+        ]
+    )
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    ns = types.SimpleNamespace()
+    for name in ("common", "ocr", "echo", "llm"):
+        setattr(ns, name, importlib.import_module(f"{name}_pb2"))
+        setattr(ns, f"{name}_grpc", importlib.import_module(f"{name}_pb2_grpc"))
+    return ns

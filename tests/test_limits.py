@@ -1,0 +1,130 @@
+"""Server options: message size limit on the prefix, SETTINGS, unknown methods, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import grpc
+import h2.connection
+import h2.events
+import pytest
+from conftest import channel, running, settings
+from echo_service import EchoServer
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+from h2.settings import SettingCodes
+
+from gen.echo.v1 import EchoRequest, EchoServiceStub
+
+LIMIT = 1024 * 1024
+
+
+async def test_oversized_message_rejected_on_its_prefix() -> None:
+    """Only the 5-byte prefix announcing 1 GiB is sent: the answer cannot come from buffering."""
+    server = EchoServer(settings(GRPC_MAX_MESSAGE_LENGTH=LIMIT))
+    async with running(server), channel(server) as ch:
+        with pytest.raises(GRPCError) as err:
+            async with ch.request(
+                "/echo.v1.EchoService/Echo", Cardinality.UNARY_UNARY, EchoRequest, EchoRequest
+            ) as stream:
+                await stream.send_request()
+                await stream._stream.send_data(struct.pack(">?I", False, 2**30))
+                await asyncio.wait_for(stream.recv_message(), 5)
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert f"{2**30} vs. {LIMIT}" in (err.value.message or "")
+        assert server.echo.finished == 0
+        # the connection stays usable
+        assert (await EchoServiceStub(ch).echo(EchoRequest(message="ok"))).message == "ok"
+
+
+async def test_oversized_message_grpclib_and_grpcio(pb2) -> None:
+    server = EchoServer(settings(GRPC_MAX_MESSAGE_LENGTH=LIMIT))
+    payload = b"x" * (LIMIT + 1)
+    async with running(server), channel(server) as ch:
+        with pytest.raises(GRPCError) as err:
+            await EchoServiceStub(ch).echo(EchoRequest(payload=payload))
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        # just under the limit passes
+        ok = await EchoServiceStub(ch).echo(EchoRequest(payload=b"x" * (LIMIT - 16)))
+        assert ok.payload_size == LIMIT - 16
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as gch:
+            stub = pb2.echo_grpc.EchoServiceStub(gch)
+            with pytest.raises(grpc.aio.AioRpcError) as gerr:
+                await stub.Echo(pb2.echo.EchoRequest(payload=payload), timeout=5)
+            assert gerr.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            # client streaming: the second, oversized message is refused
+            with pytest.raises(grpc.aio.AioRpcError) as serr:
+                await stub.Collect(
+                    iter(
+                        [pb2.echo.EchoRequest(message="a"), pb2.echo.EchoRequest(payload=payload)]
+                    ),
+                    timeout=5,
+                )
+            assert serr.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_settings_frame_advertises_streams_and_window() -> None:
+    server = EchoServer(
+        settings(GRPC_MAX_CONCURRENT_STREAMS=7, GRPC_HTTP2_STREAM_WINDOW_SIZE=1 << 20)
+    )
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        await writer.drain()
+        changed: dict[int, int] = {}
+        while SettingCodes.MAX_CONCURRENT_STREAMS not in changed:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "server closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    changed.update({k: v.new_value for k, v in event.changed_settings.items()})
+        writer.close()
+        assert changed[SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+        assert changed[SettingCodes.INITIAL_WINDOW_SIZE] == 1 << 20
+
+
+async def test_unknown_method_is_unimplemented_for_both_clients(pb2) -> None:
+    server = EchoServer(settings())
+    async with running(server), channel(server) as ch:
+        with pytest.raises(GRPCError) as err:
+            async with ch.request(
+                "/echo.v1.EchoService/Nope", Cardinality.UNARY_UNARY, EchoRequest, EchoRequest
+            ) as stream:
+                await stream.send_message(EchoRequest(), end=True)
+                await stream.recv_message()
+        assert err.value.status is Status.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as gch:
+            call = gch.unary_unary("/no.Such/Method")
+            with pytest.raises(grpc.aio.AioRpcError) as gerr:
+                await call(b"", timeout=5)
+            assert gerr.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_undecodable_request_is_invalid_argument(pb2) -> None:
+    server = EchoServer(settings())
+    async with running(server):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as gch:
+            raw = gch.unary_unary("/echo.v1.EchoService/Echo")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\x0a\xff\xff\xff", timeout=5)  # field 1, length past the end
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert server.echo.finished == 0
+
+
+async def test_deadline_exceeded_in_handler(pb2) -> None:
+    server = EchoServer(settings())
+    async with running(server), channel(server) as ch:
+        # grpclib's client enforces its own deadline and raises TimeoutError
+        with pytest.raises(asyncio.TimeoutError):
+            await EchoServiceStub(ch).echo(EchoRequest(sleep_seconds=5), timeout=0.2)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as gch:
+            stub = pb2.echo_grpc.EchoServiceStub(gch)
+            with pytest.raises(grpc.aio.AioRpcError) as gerr:
+                await stub.Echo(pb2.echo.EchoRequest(sleep_seconds=5), timeout=0.2)
+            assert gerr.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.1)
+        assert server.echo.finished == 0  # the handlers were cancelled at the deadline
+        assert not server.grpc_server.inflight

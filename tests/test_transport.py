@@ -1,0 +1,76 @@
+"""The grpclib internals grpcstack replaces (grpcstack/transport.py) are still where we hook them.
+
+If a grpclib upgrade breaks one of these, this file fails first and says which hook moved.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import grpclib
+import grpclib.protocol
+import grpclib.server
+import grpclib.utils
+from conftest import channel, running, settings
+from echo_service import EchoServer
+
+from gen.echo.v1 import EchoRequest, EchoServiceStub
+from grpcstack import transport
+
+
+def test_grpclib_version_is_the_pinned_one() -> None:
+    assert grpclib.__version__ == transport.GRPCLIB_VERSION, (
+        "grpclib changed: re-check grpcstack/transport.py against the new request_handler, "
+        "Handler, H2Protocol and Stream, then update GRPCLIB_VERSION and the pin"
+    )
+
+
+def test_private_hooks_exist() -> None:
+    server_params = inspect.signature(grpclib.server.Server.__init__).parameters
+    assert {"codec", "status_details_codec", "config"} <= set(server_params)
+    assert callable(grpclib.server.Server._protocol_factory)
+    handler_params = inspect.signature(grpclib.server.Handler.__init__).parameters
+    assert list(handler_params)[1:] == ["mapping", "codec", "status_details_codec", "dispatch"]
+    assert list(inspect.signature(grpclib.server.Handler.accept).parameters)[1:] == [
+        "stream",
+        "headers",
+        "release_stream",
+    ]
+    stream_params = inspect.signature(grpclib.server.Stream.__init__).parameters
+    assert {"codec", "status_details_codec", "dispatch", "deadline", "user_agent"} <= set(
+        stream_params
+    )
+    for name in ("_messages_received", "_cardinality", "_recv_type", "_dispatch", "_stream"):
+        assert hasattr(grpclib.server.Stream, name) or name in inspect.getsource(
+            grpclib.server.Stream.__init__
+        ), name
+    assert callable(grpclib.protocol._set_nodelay)
+    assert {"cancelled", "cancel_failed"} <= set(vars(grpclib.utils.Wrapper))
+
+
+class CountingTransport:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_one_write_per_unary_response() -> None:
+    server = EchoServer(settings())
+    async with running(server), channel(server) as ch:
+        stub = EchoServiceStub(ch)
+        await stub.echo(EchoRequest(message="warm up"))
+        (protocol,) = list(server.grpc_server._protocols)
+        counter = CountingTransport(protocol._proxy._transport)
+        protocol._proxy._transport = counter
+        for i in range(20):
+            assert (await stub.echo(EchoRequest(message=str(i)))).message == str(i)
+        # HEADERS + DATA + trailers of each response leave in one write (grpclib alone: 3)
+        assert counter.writes == 20
