@@ -32,8 +32,16 @@ async def test_example_serves_and_stops(tmp_path: Path) -> None:
     (tmp_path / "my_server.py").write_text(readme_example())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "grpcstack.cli", "serve", "my_server:EchoServer", "--port", "0",
-        stderr=asyncio.subprocess.PIPE, env=env, cwd=str(tmp_path),
+        sys.executable,
+        "-m",
+        "grpcstack.cli",
+        "serve",
+        "my_server:EchoServer",
+        "--port",
+        "0",
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(tmp_path),
     )
     try:
         assert proc.stderr is not None
