@@ -25,7 +25,12 @@ def bound_socket(host: str = "127.0.0.1") -> socket.socket:
 
 
 def settings(**overrides: Any) -> ServerSettings:
-    base: dict[str, Any] = {"GRPC_SERVER_HOST": "127.0.0.1", "GRPC_SERVER_PORT": 0}
+    """Test settings: loopback, any port, and auth off unless a test turns it on."""
+    base: dict[str, Any] = {
+        "GRPC_SERVER_HOST": "127.0.0.1",
+        "GRPC_SERVER_PORT": 0,
+        "GRPC_ENABLE_AUTH": False,
+    }
     base.update(overrides)
     return ServerSettings(_env_file=None, **base)  # type: ignore[call-arg]
 

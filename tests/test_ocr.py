@@ -37,6 +37,7 @@ def platform(root: Path, **overrides: object) -> PlatformServer:
     values: dict[str, object] = {
         "GRPC_SERVER_HOST": "127.0.0.1",
         "GRPC_SERVER_PORT": 0,
+        "GRPC_ENABLE_AUTH": False,
         "OCR_DATA_ROOT": root,
     }
     values.update(overrides)

@@ -49,7 +49,9 @@ async def test_example_serves_and_stops(tmp_path: Path) -> None:
             while not (m := re.search(rb"on port (\d+)", await proc.stderr.readline())):
                 pass
         ch = Channel("127.0.0.1", int(m.group(1)))
-        reply = await EchoServiceStub(ch).echo(EchoRequest(message="hi"))
+        reply = await EchoServiceStub(ch).echo(
+            EchoRequest(message="hi"), metadata={"user-id": "demo"}
+        )
         assert reply.message == "HI"
         ch.close()
         proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,13 @@ from grpclib.client import Channel
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
 
-RUNTIME_DEPS = ["grpclib==0.4.9", "betterproto2[grpclib,protobuf]==0.10.*", "pydantic-settings"]
+RUNTIME_DEPS = [
+    "grpclib==0.4.9",
+    "betterproto2[grpclib,protobuf]==0.10.*",
+    "pydantic-settings",
+    "prometheus-client",
+    "googleapis-common-protos",
+]
 VENVS = ROOT / ".cache" / "venvs"
 
 
@@ -33,12 +39,13 @@ def interpreter(version: str) -> str:
     venv = VENVS / version
     python = venv / "bin" / "python"
     marker = venv / ".ready"
-    if not marker.exists():
+    wanted = "\n".join(RUNTIME_DEPS)
+    if not marker.exists() or marker.read_text() != wanted:
         subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", *RUNTIME_DEPS], check=True, timeout=600
         )
-        marker.touch()
+        marker.write_text(wanted)
     return str(python)
 
 
@@ -60,6 +67,7 @@ async def start_cli(python: str, *extra: str) -> tuple[asyncio.subprocess.Proces
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), str(ROOT / "tests")])
     )
     env.pop("GRPC_SERVER_PORT", None)
+    env["GRPC_ENABLE_AUTH"] = "false"
     proc = await asyncio.create_subprocess_exec(
         python,
         "-m",

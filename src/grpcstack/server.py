@@ -12,8 +12,23 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from grpclib.config import Configuration
+from prometheus_client import CollectorRegistry
 
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
+from .middleware import (
+    AccessLogMiddleware,
+    AuthMiddleware,
+    ConcurrencyLimitMiddleware,
+    CorrelationIdMiddleware,
+    ErrorHandlingMiddleware,
+    HmacTokenVerifier,
+    MetricsMiddleware,
+    Middleware,
+    MiddlewareChain,
+    RateLimitMiddleware,
+)
+from .observability import MetricsExporter
+from .ratelimit import MemoryLimiter, RedisLimiter
 from .reflection import reflection_services, service_names
 from .resources import Resources
 from .settings import ServerSettings
@@ -44,6 +59,10 @@ class AsyncBaseServer:
             check_timeout=self.settings.GRPC_HEALTH_CHECK_TIMEOUT_SECONDS,
             interval=self.settings.GRPC_HEALTH_CHECK_INTERVAL_SECONDS,
         )
+        #: this server's Prometheus registry (served on GRPC_METRICS_PORT when set)
+        self.metrics_registry = CollectorRegistry()
+        self.metrics_exporter: MetricsExporter | None = None
+        self.chain: MiddlewareChain | None = None
         self.port: int | None = None
         self.grpc_server: GrpcServer | None = None
         self._stopped: asyncio.Event | None = None
@@ -67,6 +86,58 @@ class AsyncBaseServer:
 
     async def after_stop(self) -> None:
         """Runs after every call ended and every connection closed, before resources close."""
+
+    def middlewares(self) -> list[Middleware]:
+        """The middleware chain, outermost first. Override to add your own::
+
+        def middlewares(self):
+            chain = super().middlewares()
+            chain.insert(-1, TenantMiddleware(selector=services("billing.v1.Billing")))
+            return chain
+        """
+        s = self.settings
+        chain: list[Middleware] = []
+        if s.GRPC_ENABLE_METRICS:
+            chain.append(MetricsMiddleware(self.metrics_registry, buckets=s.GRPC_METRICS_BUCKETS))
+        if s.GRPC_MAX_CONCURRENT_RPCS:
+            chain.append(ConcurrencyLimitMiddleware(s.GRPC_MAX_CONCURRENT_RPCS))
+        if s.GRPC_ENABLE_AUTH:
+            verifier = None
+            if s.GRPC_AUTH_MODE == "hmac" and s.GRPC_AUTH_HMAC_SECRET is not None:
+                verifier = HmacTokenVerifier(s.GRPC_AUTH_HMAC_SECRET.get_secret_value())
+            chain.append(
+                AuthMiddleware(verifier=verifier, exempt_methods=s.GRPC_AUTH_EXEMPT_METHODS)
+            )
+        if s.GRPC_ENABLE_RATE_LIMITING:
+            chain.append(
+                RateLimitMiddleware(
+                    self._rate_limiter(),
+                    max_requests=s.GRPC_RATE_LIMIT_MAX_REQUESTS,
+                    global_max_requests=s.GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS,
+                )
+            )
+        if s.GRPC_ENABLE_CORRELATION_ID:
+            chain.append(CorrelationIdMiddleware())
+        if s.GRPC_ENABLE_LOGGING:
+            chain.append(AccessLogMiddleware())
+        if s.GRPC_ENABLE_ERROR_HANDLING:
+            chain.append(ErrorHandlingMiddleware())
+        return chain
+
+    def _rate_limiter(self) -> MemoryLimiter | RedisLimiter:
+        s = self.settings
+        window = float(s.GRPC_RATE_LIMIT_WINDOW_SECONDS)
+        use_redis = s.GRPC_RATE_LIMIT_BACKEND == "redis" or (
+            s.GRPC_RATE_LIMIT_BACKEND == "auto" and self.resources.redis_configured
+        )
+        if not use_redis:
+            return MemoryLimiter(window)
+        return RedisLimiter(
+            self.resources.redis(s.REDIS_DB_RATE_LIMIT),
+            window,
+            prefix=f"grpcstack:rl:{s.SERVICE_NAME}",
+            fail_mode=s.GRPC_RATE_LIMIT_FAIL_MODE,
+        )
 
     def add_readiness_check(
         self, check: ReadinessCheck, *, service: str | None = None, name: str | None = None
@@ -101,13 +172,26 @@ class AsyncBaseServer:
             self._service_names = [n for svc in user_services for n in service_names(svc)]
             for name in self._service_names:
                 self.health.register(name)
+            self.chain = MiddlewareChain(self.middlewares())
+            for middleware in self.chain.middlewares:
+                await middleware.start(self)
             # grpclib binds its Server to the running loop: build it here, not in __init__.
             self.grpc_server = GrpcServer(
-                handlers,
+                self.chain.wrap_services(handlers),
                 config=self._grpclib_config(),
                 max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
                 max_receive_message_length=s.GRPC_MAX_MESSAGE_LENGTH,
             )
+            self.chain.attach(self.grpc_server)
+            for middleware in self.chain.middlewares:
+                if isinstance(middleware, MetricsMiddleware):
+                    middleware.initialize(self.grpc_server._mapping)
+            if s.GRPC_METRICS_PORT:
+                host = s.GRPC_METRICS_HOST or s.GRPC_SERVER_HOST
+                self.metrics_exporter = MetricsExporter(
+                    self.metrics_registry, host, s.GRPC_METRICS_PORT
+                )
+                await self.metrics_exporter.start()
             if sock is not None:
                 await self.grpc_server.start(sock=sock, ssl=self._ssl_context())
             else:
@@ -137,6 +221,7 @@ class AsyncBaseServer:
             self.grpc_server.close()
             self.grpc_server.goaway_all()
         self.grpc_server = None
+        await self._stop_middlewares()
         await self.resources.close()
         if self._stopped is not None:
             self._stopped.set()
@@ -185,6 +270,7 @@ class AsyncBaseServer:
                     await server.wait_closed()
             except TimeoutError:
                 log.warning("connections did not close within %ss", CLOSE_TIMEOUT_SECONDS)
+            await self._stop_middlewares()
             try:
                 await self.after_stop()
             finally:
@@ -192,6 +278,17 @@ class AsyncBaseServer:
                 assert self._stopped is not None
                 self._stopped.set()
                 log.info("%s stopped", self.settings.SERVICE_NAME)
+
+    async def _stop_middlewares(self) -> None:
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()
+            self.metrics_exporter = None
+        if self.chain is not None:
+            for middleware in self.chain.middlewares:
+                try:
+                    await middleware.stop()
+                except Exception:
+                    log.exception("stopping %r failed", middleware)
 
     async def wait_for_termination(self) -> None:
         """Wait until a stop (from a signal or another task) has finished."""

@@ -14,9 +14,9 @@ asyncio (``GRPC_SERVER_MAX_WORKERS``: there is no thread pool) are accepted and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -81,17 +81,52 @@ class ServerSettings(BaseSettings):
     GRPC_HEALTH_CHECK_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 2.0
     GRPC_HEALTH_CHECK_INTERVAL_SECONDS: Annotated[float, Field(gt=0)] = 5.0
 
-    # Middleware switches (the seeds' interceptor settings)
+    # Middleware switches (the seeds' interceptor settings), in chain order
+    GRPC_ENABLE_METRICS: bool = True
     GRPC_ENABLE_AUTH: bool = True
     GRPC_ENABLE_RATE_LIMITING: bool = True
-    GRPC_ENABLE_METRICS: bool = True
+    GRPC_ENABLE_CORRELATION_ID: bool = True
+    GRPC_ENABLE_LOGGING: bool = True
     GRPC_ENABLE_ERROR_HANDLING: bool = True
+
+    # Auth: "header" trusts user-id metadata (behind a gateway); "hmac" checks bearer tokens
+    GRPC_AUTH_MODE: Literal["header", "hmac"] = "header"
+    GRPC_AUTH_HMAC_SECRET: SecretStr | None = None
     GRPC_AUTH_EXEMPT_METHODS: list[str] = Field(
         default_factory=lambda: list(DEFAULT_AUTH_EXEMPT_METHODS)
     )
+
+    # Rate limiting: per caller, plus an optional global limit (0 = none)
     GRPC_RATE_LIMIT_MAX_REQUESTS: PositiveInt = 1000
     GRPC_RATE_LIMIT_WINDOW_SECONDS: PositiveInt = 60
+    GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS: Annotated[int, Field(ge=0)] = 0
+    GRPC_RATE_LIMIT_BACKEND: Literal["auto", "memory", "redis"] = "auto"  # auto: redis if REDIS_URL
+    GRPC_RATE_LIMIT_FAIL_MODE: Literal["local", "open", "closed"] = "local"  # while Redis is down
+
+    # Concurrency: max calls in flight per server (grpcio's maximum_concurrent_rpcs), 0 = no limit
+    GRPC_MAX_CONCURRENT_RPCS: Annotated[int, Field(ge=0)] = 0
+
+    # Metrics
     GRPC_METRICS_PORT: Port = 0  # 0 = no /metrics exporter
+    GRPC_METRICS_HOST: str | None = None  # default: GRPC_SERVER_HOST
+    GRPC_METRICS_BUCKETS: list[float] = Field(
+        default_factory=lambda: [
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.075,
+            0.1,
+            0.25,
+            0.5,
+            0.75,
+            1.0,
+            2.5,
+            5.0,
+            7.5,
+            10.0,
+        ]
+    )
 
     # Response cache
     GRPC_CACHE_ENABLED: bool = True
@@ -102,6 +137,11 @@ class ServerSettings(BaseSettings):
 
     # Shared resources (used only when set)
     REDIS_URL: str | None = None
+    REDIS_MAX_CONNECTIONS: PositiveInt = 50
+    REDIS_POOL_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
+    REDIS_SOCKET_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
+    REDIS_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
+    REDIS_RETRIES: Annotated[int, Field(ge=0)] = 1
     REDIS_DB_USER: int = 0
     REDIS_DB_MARKET: int = 1
     REDIS_DB_GRPC: int = 2
@@ -116,6 +156,18 @@ class ServerSettings(BaseSettings):
             raise ValueError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE must be set together")
         if self.GRPC_TLS_CLIENT_CA_FILE is not None and self.GRPC_TLS_CERT_FILE is None:
             raise ValueError("GRPC_TLS_CLIENT_CA_FILE needs GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> ServerSettings:
+        if (
+            self.GRPC_ENABLE_AUTH
+            and self.GRPC_AUTH_MODE == "hmac"
+            and not self.GRPC_AUTH_HMAC_SECRET
+        ):
+            raise ValueError("GRPC_AUTH_MODE=hmac needs GRPC_AUTH_HMAC_SECRET")
+        if self.GRPC_RATE_LIMIT_BACKEND == "redis" and not self.REDIS_URL:
+            raise ValueError("GRPC_RATE_LIMIT_BACKEND=redis needs REDIS_URL")
         return self
 
     @property

@@ -35,11 +35,14 @@ from grpclib.utils import DeadlineWrapper, Wrapper
 from h2.connection import H2Connection
 from h2.settings import SettingCodes, Settings
 
+from .context import CallContext, set_current
+
 if TYPE_CHECKING:
     from grpclib import protocol
     from grpclib.const import Handler as MethodHandler
-    from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
     from grpclib.events import _DispatchServerEvents
+
+    from .middleware.chain import MiddlewareChain
 
 GRPCLIB_VERSION = "0.4.9"
 
@@ -146,9 +149,11 @@ class StackProtocol(H2Protocol):
 
 
 class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
-    """A server Stream that rejects oversized messages on their length prefix."""
+    """A server Stream that rejects oversized messages on their length prefix and counts
+    messages for the call's metrics."""
 
     max_receive_length: int = 4 * 1024 * 1024
+    call: CallContext
 
     async def recv_message(self) -> Any:
         meta = await self._stream.recv_data(5)
@@ -221,6 +226,8 @@ class GrpcServer(grpclib.server.Server):
         self.draining = False
         #: calls cancelled while stopping end with UNAVAILABLE instead of nothing
         self.stopping = False
+        #: the middleware chain, which closes the books of every call (see middleware.chain)
+        self.chain: MiddlewareChain | None = None
 
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
@@ -280,7 +287,9 @@ async def handle_request(
     headers: _Headers,
     release_stream: Callable[[], Any],
 ) -> None:
-    """grpclib's ``request_handler`` with drain rejection, a size limit and stop handling."""
+    """grpclib's ``request_handler`` with drain rejection, a size limit, the per-call context,
+    correct statuses for cancelled calls and one ``chain.finish`` per call."""
+    call: CallContext | None = None
     try:
         headers_map = dict(headers)
         if headers_map.get(":method") != "POST":
@@ -307,8 +316,6 @@ async def handle_request(
         metadata = decode_metadata(headers)
         user_agent = headers_map.get("user-agent")
         dispatch: _DispatchServerEvents = server.__dispatch__
-        codec: CodecBase = server._codec
-        details_codec: StatusDetailsCodecBase | None = server._status_details_codec
 
         async with LimitedStream(
             h2_stream,
@@ -316,13 +323,17 @@ async def handle_request(
             method.cardinality,
             method.request_type,
             method.reply_type,
-            codec=codec,
-            status_details_codec=details_codec,
+            codec=server._codec,
+            status_details_codec=server._status_details_codec,
             dispatch=dispatch,
             deadline=deadline,
             user_agent=user_agent,
         ) as stream:
             stream.max_receive_length = server.max_receive_message_length
+            call = stream.call = CallContext(
+                method_name, method.cardinality, metadata, stream.peer, deadline
+            )
+            set_current(call)
             wrapper: Wrapper
             if deadline is None:
                 wrapper = h2_stream.wrapper = Wrapper()
@@ -348,6 +359,7 @@ async def handle_request(
                 if server.stopping:
                     # the server's grace period ran out: tell the client, don't just vanish
                     raise GRPCError(Status.UNAVAILABLE, "Server is shutting down") from None
+                call.peer_cancelled = True  # the connection was lost
                 raise
             except TimeoutError:
                 if wrapper.cancelled or wrapper.cancel_failed:
@@ -355,7 +367,9 @@ async def handle_request(
                 log.exception("Application error in %s", method_name)
                 raise
             except StreamTerminatedError:
-                raise
+                # RST_STREAM from the client or a lost connection: the call is CANCELLED
+                call.peer_cancelled = True
+                raise GRPCError(Status.CANCELLED, "Cancelled by the client") from None
             except Exception:
                 log.exception("Application error in %s", method_name)
                 raise
@@ -365,3 +379,5 @@ async def handle_request(
         log.debug("request ended with an error", exc_info=True)
     finally:
         release_stream()
+        if call is not None and server.chain is not None:
+            server.chain.finish(call)

@@ -1,0 +1,145 @@
+"""The per-call context: what handler code can know about the call it is serving.
+
+Handlers receive only the request message; everything else (method, peer, deadline, metadata, the
+authenticated user, the correlation id) is read from here::
+
+    from grpcstack.context import current_call
+
+    async def get_thing(self, message):
+        call = current_call()
+        log.info("%s asked by %s", call.method, call.user_id)
+
+The context is created by the server for every call, in the call's own task, before any
+middleware runs, so contextvars flow to the handler and to everything it awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from grpclib.const import Cardinality, Status
+
+if TYPE_CHECKING:
+    from grpclib.metadata import Deadline, _Metadata
+    from grpclib.protocol import Peer
+
+GRPC_TYPES = {
+    Cardinality.UNARY_UNARY: "unary",
+    Cardinality.UNARY_STREAM: "server_stream",
+    Cardinality.STREAM_UNARY: "client_stream",
+    Cardinality.STREAM_STREAM: "bidi_stream",
+}
+
+CORRELATION_ID_KEY = "x-correlation-id"
+
+
+class CallContext:
+    """State of one call. Middlewares write it; handlers read it."""
+
+    __slots__ = (
+        "cardinality",
+        "correlation_id",
+        "deadline",
+        "depth",
+        "duration",
+        "exception",
+        "extra",
+        "initial_metadata_sent",
+        "metadata",
+        "method",
+        "method_name",
+        "msg_received",
+        "msg_sent",
+        "peer",
+        "peer_cancelled",
+        "service",
+        "start",
+        "status",
+        "status_message",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        cardinality: Cardinality,
+        metadata: _Metadata,
+        peer: Peer | None,
+        deadline: Deadline | None,
+    ) -> None:
+        #: full method path, "/package.Service/Method"
+        self.method = method
+        _, self.service, self.method_name = method.split("/", 2)
+        self.cardinality = cardinality
+        #: request (invocation) metadata, a multidict
+        self.metadata = metadata
+        self.peer = peer
+        self.deadline = deadline
+        self.start = time.perf_counter()
+        #: seconds from arrival to the end of the call, set when it ends
+        self.duration: float | None = None
+        self.user_id: str | None = None
+        self.correlation_id: str | None = None
+        #: final status, known once trailers were sent (or the call was cancelled)
+        self.status: Status | None = None
+        self.status_message: str | None = None
+        self.exception: BaseException | None = None
+        self.initial_metadata_sent = False
+        self.peer_cancelled = False
+        #: number of middlewares whose on_request was entered (onion semantics)
+        self.depth = 0
+        #: metric children counting messages (set by the metrics middleware)
+        self.msg_received: Any = None
+        self.msg_sent: Any = None
+        #: free-form per-call state for custom middleware
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def grpc_type(self) -> str:
+        return GRPC_TYPES[self.cardinality]
+
+    @property
+    def peer_address(self) -> str | None:
+        addr = self.peer.addr() if self.peer is not None else None
+        if not addr:
+            return None
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    def time_remaining(self) -> float | None:
+        return self.deadline.time_remaining() if self.deadline is not None else None
+
+    def __repr__(self) -> str:
+        return f"<CallContext {self.method} user={self.user_id} cid={self.correlation_id}>"
+
+
+_current: ContextVar[CallContext | None] = ContextVar("grpcstack_call", default=None)
+
+
+def current_call() -> CallContext | None:
+    """The call being served by the current task, or None outside a call."""
+    return _current.get()
+
+
+def current_user_id() -> str | None:
+    call = _current.get()
+    return call.user_id if call is not None else None
+
+
+def current_correlation_id() -> str | None:
+    call = _current.get()
+    return call.correlation_id if call is not None else None
+
+
+def outgoing_metadata() -> dict[str, str]:
+    """Metadata to forward on calls made while serving a call (correlation id propagation)."""
+    call = _current.get()
+    if call is None or call.correlation_id is None:
+        return {}
+    return {CORRELATION_ID_KEY: call.correlation_id}
+
+
+def set_current(call: CallContext | None) -> None:
+    _current.set(call)

@@ -1,0 +1,86 @@
+"""RateLimit: per caller (user id, or peer address when anonymous) and an optional global limit.
+
+Over the limit the call gets RESOURCE_EXHAUSTED with a retry-after hint twice over: a
+``retry-after-ms`` trailer and a ``google.rpc.RetryInfo`` in the status details (which grpcio's
+``grpc_status`` and the stack's own client read). Health and reflection are not limited.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.rpc.error_details_pb2 import RetryInfo
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ..ratelimit import Limit, MemoryLimiter, RedisLimiter
+from .base import Middleware, not_health_or_reflection
+
+if TYPE_CHECKING:
+    from grpclib.events import RecvRequest, SendTrailingMetadata
+
+    from ..context import CallContext
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+class RateLimitMiddleware(Middleware):
+    name = "ratelimit"
+    trusted = True
+
+    def __init__(
+        self,
+        limiter: MemoryLimiter | RedisLimiter,
+        *,
+        max_requests: int,
+        global_max_requests: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("selector", not_health_or_reflection)
+        super().__init__(**kwargs)
+        self.limiter = limiter
+        self.max_requests = max_requests
+        self.global_limit = Limit("global", global_max_requests) if global_max_requests else None
+        self._user_limits: dict[str, Limit] = {}
+
+    def _limits(self, call: CallContext) -> list[Limit]:
+        key = f"user:{call.user_id}" if call.user_id else f"peer:{_peer_host(call)}"
+        limit = self._user_limits.get(key)
+        if limit is None:
+            if len(self._user_limits) > 100_000:  # bounded cache of Limit objects
+                self._user_limits.clear()
+            limit = self._user_limits[key] = Limit(key, self.max_requests)
+        return [limit, self.global_limit] if self.global_limit else [limit]
+
+    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
+        limits = self._limits(call)
+        if isinstance(self.limiter, MemoryLimiter):
+            decision = self.limiter.hit(limits)
+        else:
+            decision = await self.limiter.hit(limits)
+        if decision.allowed:
+            return
+        retry_ms = max(1, round(decision.retry_after * 1000))
+        call.extra[RETRY_AFTER_KEY] = retry_ms
+        if decision.limit is None:  # Redis down and configured to fail closed
+            raise GRPCError(Status.UNAVAILABLE, "rate limiter unavailable")
+        scope = "global" if decision.limit.key == "global" else "per-caller"
+        delay = Duration()
+        delay.FromMilliseconds(retry_ms)
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"{scope} rate limit of {decision.limit.max_requests} requests per "
+            f"{self.limiter.window:g}s exceeded; retry in {retry_ms / 1000:.3f}s",
+            [RetryInfo(retry_delay=delay)],
+        )
+
+    async def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
+        retry_ms = call.extra.get(RETRY_AFTER_KEY)
+        if retry_ms is not None:
+            event.metadata[RETRY_AFTER_KEY] = str(retry_ms)
+
+
+def _peer_host(call: CallContext) -> str:
+    addr = call.peer.addr() if call.peer is not None else None
+    return str(addr[0]) if addr else "unknown"
