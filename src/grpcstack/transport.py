@@ -182,7 +182,16 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
         (message,) = await self._dispatch.recv_message(message)
         self._messages_received += 1
         self._stream.connection.messages_received += 1
+        counter = self.call.msg_received
+        if counter is not None:
+            counter.inc()
         return message
+
+    async def send_message(self, message: Any) -> None:
+        await super().send_message(message)
+        counter = self.call.msg_sent
+        if counter is not None:
+            counter.inc()
 
 
 class StackHandler(grpclib.server.Handler):
