@@ -414,8 +414,13 @@ async def test_metrics_exporter_preinitialised_and_promtool_clean(pb2: Any, tmp_
         promtool = shutil.which("promtool")
         if promtool is None:
             pytest.skip("promtool not installed (apt-get install prometheus)")
-        checked = subprocess.run(
-            [promtool, "check", "metrics"], input=body, text=True, capture_output=True, timeout=30
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [promtool, "check", "metrics"],
+            input=body,
+            text=True,
+            capture_output=True,
+            timeout=30,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
     # stopped with the server
