@@ -89,3 +89,16 @@ def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
         setattr(ns, name, importlib.import_module(f"{name}_pb2"))
         setattr(ns, f"{name}_grpc", importlib.import_module(f"{name}_pb2_grpc"))
     return ns
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Any:
+    """A private redis-server on an ephemeral port; always killed at the end."""
+    from redis_process import RedisProcess
+
+    proc = RedisProcess(tmp_path)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from calls import call
 from conftest import bound_socket, channel, running, settings
-from echo_service import EchoServer
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -32,6 +31,7 @@ from grpcstack.middleware import (
     make_token,
     methods,
 )
+from platform_services.echo import EchoServer
 
 
 def handled(server: AsyncBaseServer, method: str, code: str, grpc_type: str = "unary") -> float:

@@ -39,8 +39,8 @@ def test_help_documents_serve() -> None:
     [
         ("no_colon_here", "must look like 'package.module:ServerClass'"),
         ("no_such_module_xyz:Server", "cannot import module 'no_such_module_xyz'"),
-        ("echo_service:Missing", "has no attribute 'Missing'"),
-        ("echo_service:EchoService", "is not an AsyncBaseServer subclass"),
+        ("platform_services.echo:Missing", "has no attribute 'Missing'"),
+        ("platform_services.echo:EchoService", "is not an AsyncBaseServer subclass"),
     ],
 )
 def test_bad_targets(target: str, message: str) -> None:
@@ -51,13 +51,15 @@ def test_bad_targets(target: str, message: str) -> None:
 
 
 def test_bad_setting_names_the_variable() -> None:
-    out = cli("serve", "echo_service:EchoServer", env={"GRPC_MAX_CONCURRENT_STREAMS": "-1"})
+    out = cli(
+        "serve", "platform_services.echo:EchoServer", env={"GRPC_MAX_CONCURRENT_STREAMS": "-1"}
+    )
     assert out.returncode == 2
     assert "invalid setting GRPC_MAX_CONCURRENT_STREAMS" in out.stderr
 
 
 def test_bad_port() -> None:
-    out = cli("serve", "echo_service:EchoServer", "--port", "99999")
+    out = cli("serve", "platform_services.echo:EchoServer", "--port", "99999")
     assert out.returncode == 2
     assert "is not a port number" in out.stderr
 
@@ -71,7 +73,7 @@ def test_port_in_use_is_reported() -> None:
         port = taken.getsockname()[1]
         out = cli(
             "serve",
-            "echo_service:EchoServer",
+            "platform_services.echo:EchoServer",
             "--port",
             str(port),
             env={"GRPC_SERVER_HOST": "127.0.0.1"},

@@ -7,11 +7,12 @@ import asyncio
 import grpc
 import pytest
 from conftest import bound_socket, channel, running, settings
-from echo_service import EchoServer
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+from platform_services.echo import EchoServer
 
 ECHO = "echo.v1.EchoService"
 SERVING = HealthCheckResponse.SERVING

@@ -7,12 +7,12 @@ import asyncio
 import grpc
 import pytest
 from conftest import bound_socket, channel, running, settings
-from echo_service import EchoServer
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
 from grpcstack import AsyncBaseServer
+from platform_services.echo import EchoServer
 
 
 async def test_hook_order_and_health_serving() -> None:

@@ -10,12 +10,12 @@ import h2.connection
 import h2.events
 import pytest
 from conftest import channel, running, settings
-from echo_service import EchoServer
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from h2.settings import SettingCodes
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
+from platform_services.echo import EchoServer
 
 LIMIT = 1024 * 1024
 

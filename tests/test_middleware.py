@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from calls import CLIENTS, METHODS, call
 from conftest import running, settings
-from echo_service import EchoServer
 from grpclib.const import Status
 
 from gen.echo.v1 import EchoRequest
 from grpcstack.middleware.metrics import GO_CODE_NAMES
+from platform_services.echo import EchoServer
 
 USER = {"user-id": "alice"}
 GRPC_TYPE = {

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, running, settings
-from echo_service import EchoServer
+
+from platform_services.echo import EchoServer
 
 HERE = Path(__file__).resolve().parent
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")

@@ -12,10 +12,10 @@ import h2.connection
 import h2.events
 import pytest
 from conftest import bound_socket, running, settings
-from echo_service import EchoServer
 from grpclib.client import Channel
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
+from platform_services.echo import EchoServer
 
 
 def openssl(*args: str) -> None:

@@ -73,7 +73,7 @@ async def start_cli(python: str, *extra: str) -> tuple[asyncio.subprocess.Proces
         "-m",
         "grpcstack.cli",
         "serve",
-        "echo_service:EchoServer",
+        "platform_services.echo:EchoServer",
         "--port",
         "0",
         *extra,

@@ -13,10 +13,10 @@ import grpclib.protocol
 import grpclib.server
 import grpclib.utils
 from conftest import channel, running, settings
-from echo_service import EchoServer
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
 from grpcstack import transport
+from platform_services.echo import EchoServer
 
 
 def test_grpclib_version_is_the_pinned_one() -> None:

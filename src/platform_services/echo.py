@@ -1,4 +1,8 @@
-"""The echo service used by the tests: every cardinality, optional sleeps and failures."""
+"""EchoService: every cardinality, with optional sleeps and injected failures.
+
+The platform's diagnostic service: the stack's own tests, benchmarks (`make bench-middleware`)
+and failure drills use it. ``EchoServer`` serves it alone and records its lifecycle hooks.
+"""
 
 from __future__ import annotations
 
