@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean
+.PHONY: setup protos run test lint clean bench bench-middleware
 
 setup: $(STAMP)
 
@@ -28,6 +28,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# EchoRequest(message="hello"), hex-encoded
+ECHO_REQUEST := 0a0568656c6c6f
+
+bench: bench-middleware
+
+bench-middleware: $(STAMP)
+	$(BIN)/grpcstack bench middleware --target platform_services.echo:EchoServer \
+		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

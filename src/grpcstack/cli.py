@@ -82,12 +82,29 @@ def _parser() -> argparse.ArgumentParser:
         "is accepted for scripts that pass it and changes nothing",
     )
     serve.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING ...)")
+
+    bench = sub.add_parser("bench", help="benchmarks, variants interleaved in one run")
+    modes = bench.add_subparsers(dest="mode", metavar="MODE", required=True)
+    mw = modes.add_parser(
+        "middleware",
+        help="trivial unary call: no middleware vs all six (h2load, separate cores)",
+    )
+    mw.add_argument("--target", required=True, help="package.module:ServerClass to serve")
+    mw.add_argument("--method", required=True, help="full method, e.g. /echo.v1.EchoService/Echo")
+    mw.add_argument("--request-hex", default="", help="the request message, hex-encoded")
+    mw.add_argument("--rounds", type=int, default=5)
+    mw.add_argument("--requests", type=int, default=20_000, help="requests per round")
+    mw.add_argument("--connections", type=int, default=1)
+    mw.add_argument("--streams", type=int, default=100, help="in flight per connection")
+    mw.add_argument("--no-uvloop", action="store_true", help="serve on plain asyncio")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     if args.command != "serve":
         parser.print_help()
         return 2
@@ -107,6 +124,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import middleware
+
+    opts = middleware.Options(
+        target=args.target,
+        method=args.method,
+        message=bytes.fromhex(args.request_hex),
+        rounds=args.rounds,
+        requests=args.requests,
+        connections=args.connections,
+        streams=args.streams,
+        uvloop=not args.no_uvloop,
+    )
+    try:
+        result = middleware.run(opts)
+    except RuntimeError as exc:
+        print(f"grpcstack bench: {exc}", file=sys.stderr)
+        return 1
+    print(middleware.report(result))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""`grpcstack bench`: measurements that compare variants interleaved in one run."""

@@ -1,0 +1,138 @@
+"""Server processes and the h2load client for benchmarks (pinned to separate cores)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.encoding.base import CodecBase
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pin(cpu: int | None) -> list[str]:
+    """A `taskset` prefix when there is a core to pin to."""
+    if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) <= cpu:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    target: str
+    env: dict[str, str]
+    cpu: int | None = 0
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, GRPC_SERVER_HOST="127.0.0.1", LOG_LEVEL="INFO", **self.env)
+        self.proc = subprocess.Popen(
+            [*pin(self.cpu), sys.executable, "-m", "grpcstack.cli", "serve", self.target,
+             "--port", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server {self.name} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class _RawCodec(CodecBase):
+    __content_subtype__ = "proto"
+
+    def encode(self, message: bytes, message_type: object) -> bytes:
+        return message
+
+    def decode(self, data: bytes, message_type: object) -> bytes:
+        return data
+
+
+async def probe(port: int, method: str, message: bytes, metadata: dict[str, str]) -> bytes:
+    """One real call: raises GRPCError unless the server answers OK."""
+    ch = Channel("127.0.0.1", port, codec=_RawCodec())
+    try:
+        async with ch.request(method, Cardinality.UNARY_UNARY, bytes, bytes,
+                              metadata=metadata, timeout=10) as stream:
+            await stream.send_message(message, end=True)
+            reply = await stream.recv_message()
+            await stream.recv_trailing_metadata()
+            return reply or b""
+    finally:
+        ch.close()
+
+
+@dataclass
+class H2Load:
+    """h2load (Debian nghttp2-client) posting one pre-encoded gRPC request over and over."""
+
+    method: str
+    message: bytes
+    headers: dict[str, str]
+    connections: int = 1
+    streams: int = 100
+    cpu: int | None = 1
+    binary: str = field(default_factory=lambda: shutil.which("h2load") or "")
+
+    def __post_init__(self) -> None:
+        if not self.binary:
+            raise RuntimeError("h2load not found: apt-get install nghttp2-client")
+        fd, path = tempfile.mkstemp(prefix="grpcstack-bench-", suffix=".bin")
+        with os.fdopen(fd, "wb") as f:
+            f.write(grpc_frame(self.message))
+        self.body = Path(path)
+
+    def run(self, port: int, requests: int) -> dict[str, float]:
+        argv = [*pin(self.cpu), self.binary, "-n", str(requests), "-c", str(self.connections),
+                "-m", str(self.streams), "-t", "1", "-d", str(self.body),
+                "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        for key, value in self.headers.items():
+            argv += ["-H", f"{key}: {value}"]
+        argv.append(f"http://127.0.0.1:{port}{self.method}")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True).stdout
+        rate = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        if rate is None or done is None:
+            raise RuntimeError(f"cannot parse h2load output:\n{out}")
+        return {"rps": float(rate.group(3)), "succeeded": float(done.group(2)),
+                "done": float(done.group(1))}
+
+    def close(self) -> None:
+        self.body.unlink(missing_ok=True)
