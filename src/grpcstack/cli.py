@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
+from . import logs
 from .server import AsyncBaseServer
 from .settings import ServerSettings, SettingsError
 
@@ -115,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TargetError, SettingsError) as exc:
         print(f"grpcstack: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=(args.log_level or server.settings.LOG_LEVEL).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure((args.log_level or server.settings.LOG_LEVEL).upper())
     try:
         run_server(server)
     except OSError as exc:  # e.g. the port is taken

@@ -20,8 +20,12 @@ from typing import Any
 from .process import H2Load, ServerProcess, free_port, probe
 
 SWITCHES = (
-    "GRPC_ENABLE_METRICS", "GRPC_ENABLE_AUTH", "GRPC_ENABLE_RATE_LIMITING",
-    "GRPC_ENABLE_CORRELATION_ID", "GRPC_ENABLE_LOGGING", "GRPC_ENABLE_ERROR_HANDLING",
+    "GRPC_ENABLE_METRICS",
+    "GRPC_ENABLE_AUTH",
+    "GRPC_ENABLE_RATE_LIMITING",
+    "GRPC_ENABLE_CORRELATION_ID",
+    "GRPC_ENABLE_LOGGING",
+    "GRPC_ENABLE_ERROR_HANDLING",
 )
 
 
@@ -41,8 +45,12 @@ def _ok_count(metrics_port: int, method: str) -> float:
     service, name = method.strip("/").split("/")
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     for line in body.decode().splitlines():
-        if (line.startswith("grpc_server_handled_total{") and 'grpc_code="OK"' in line
-                and f'grpc_method="{name}"' in line and f'grpc_service="{service}"' in line):
+        if (
+            line.startswith("grpc_server_handled_total{")
+            and 'grpc_code="OK"' in line
+            and f'grpc_method="{name}"' in line
+            and f'grpc_service="{service}"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -54,8 +62,12 @@ def run(opts: Options) -> dict[str, Any]:
     full = ServerProcess(
         "full",
         opts.target,
-        {**common, **{k: "true" for k in SWITCHES},
-         "GRPC_RATE_LIMIT_MAX_REQUESTS": str(10**9), "GRPC_METRICS_PORT": str(metrics_port)},
+        {
+            **common,
+            **{k: "true" for k in SWITCHES},
+            "GRPC_RATE_LIMIT_MAX_REQUESTS": str(10**9),
+            "GRPC_METRICS_PORT": str(metrics_port),
+        },
     )
     headers = {"user-id": "bench"}
     client = H2Load(opts.method, opts.message, headers, opts.connections, opts.streams)

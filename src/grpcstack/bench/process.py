@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -44,9 +43,19 @@ class ServerProcess:
     def start(self) -> None:
         env = dict(os.environ, GRPC_SERVER_HOST="127.0.0.1", LOG_LEVEL="INFO", **self.env)
         self.proc = subprocess.Popen(
-            [*pin(self.cpu), sys.executable, "-m", "grpcstack.cli", "serve", self.target,
-             "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                *pin(self.cpu),
+                sys.executable,
+                "-m",
+                "grpcstack.cli",
+                "serve",
+                self.target,
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -89,8 +98,9 @@ async def probe(port: int, method: str, message: bytes, metadata: dict[str, str]
     """One real call: raises GRPCError unless the server answers OK."""
     ch = Channel("127.0.0.1", port, codec=_RawCodec())
     try:
-        async with ch.request(method, Cardinality.UNARY_UNARY, bytes, bytes,
-                              metadata=metadata, timeout=10) as stream:
+        async with ch.request(
+            method, Cardinality.UNARY_UNARY, bytes, bytes, metadata=metadata, timeout=10
+        ) as stream:
             await stream.send_message(message, end=True)
             reply = await stream.recv_message()
             await stream.recv_trailing_metadata()
@@ -120,9 +130,24 @@ class H2Load:
         self.body = Path(path)
 
     def run(self, port: int, requests: int) -> dict[str, float]:
-        argv = [*pin(self.cpu), self.binary, "-n", str(requests), "-c", str(self.connections),
-                "-m", str(self.streams), "-t", "1", "-d", str(self.body),
-                "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        argv = [
+            *pin(self.cpu),
+            self.binary,
+            "-n",
+            str(requests),
+            "-c",
+            str(self.connections),
+            "-m",
+            str(self.streams),
+            "-t",
+            "1",
+            "-d",
+            str(self.body),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ]
         for key, value in self.headers.items():
             argv += ["-H", f"{key}: {value}"]
         argv.append(f"http://127.0.0.1:{port}{self.method}")
@@ -131,8 +156,11 @@ class H2Load:
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
         if rate is None or done is None:
             raise RuntimeError(f"cannot parse h2load output:\n{out}")
-        return {"rps": float(rate.group(3)), "succeeded": float(done.group(2)),
-                "done": float(done.group(1))}
+        return {
+            "rps": float(rate.group(3)),
+            "succeeded": float(done.group(2)),
+            "done": float(done.group(1)),
+        }
 
     def close(self) -> None:
         self.body.unlink(missing_ok=True)

@@ -40,9 +40,10 @@ Authorize = Callable[[str, str], bool | Awaitable[bool]]
 
 class Verifier(Protocol):
     """Returns the caller's user id, None when no credentials were sent; raises
-    GRPCError(UNAUTHENTICATED) for credentials that are present but invalid."""
+    GRPCError(UNAUTHENTICATED) for credentials that are present but invalid. ``verify`` may be
+    a coroutine function (e.g. to ask an identity service) or a plain one."""
 
-    async def verify(self, metadata: _Metadata, method: str) -> str | None: ...
+    def verify(self, metadata: _Metadata, method: str) -> str | Awaitable[str | None] | None: ...
 
 
 def _unauthenticated(message: str) -> GRPCError:
@@ -55,7 +56,7 @@ class TrustedHeaderVerifier:
     def __init__(self, key: str = USER_ID_KEY) -> None:
         self.key = key
 
-    async def verify(self, metadata: _Metadata, method: str) -> str | None:
+    def verify(self, metadata: _Metadata, method: str) -> str | None:
         value = metadata.get(self.key)
         if value is None or value == "":
             return None
@@ -93,7 +94,7 @@ class HmacTokenVerifier:
         self._key = secret.encode() if isinstance(secret, str) else secret
         self.leeway = leeway
 
-    async def verify(self, metadata: _Metadata, method: str) -> str | None:
+    def verify(self, metadata: _Metadata, method: str) -> str | None:
         header = metadata.get("authorization")
         if header is None:
             return None
@@ -131,23 +132,44 @@ class AuthMiddleware(Middleware):
         self.verifier: Verifier = verifier or TrustedHeaderVerifier()
         self.exempt = frozenset(exempt_methods)
         self.authorize = authorize
+        # plain functions all the way down: no coroutine per call
+        sync = not inspect.iscoroutinefunction(self.verifier.verify) and not (
+            authorize is not None and inspect.iscoroutinefunction(authorize)
+        )
+        self.on_request = self._on_request_sync if sync else self._on_request_async  # type: ignore[assignment]
         self._missing = (
             f'missing "{self.verifier.key}" metadata'
             if isinstance(self.verifier, TrustedHeaderVerifier)
             else "missing credentials"
         )
 
-    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
-        method = event.method_name
-        if method in self.exempt:
-            return
-        user_id = await self.verifier.verify(event.metadata, method)
+    def _check(self, method: str, user_id: str | None, call: CallContext) -> None:
         if user_id is None:
             raise _unauthenticated(self._missing)
         call.user_id = user_id
+
+    def _denied(self, user_id: str, method: str) -> GRPCError:
+        return GRPCError(Status.PERMISSION_DENIED, f"{user_id} may not call {method}")
+
+    async def _on_request_async(self, event: RecvRequest, call: CallContext) -> None:
+        method = event.method_name
+        if method in self.exempt:
+            return
+        user_id = self.verifier.verify(event.metadata, method)
+        if inspect.isawaitable(user_id):
+            user_id = await user_id
+        self._check(method, user_id, call)
         if self.authorize is not None:
-            allowed = self.authorize(user_id, method)
+            allowed = self.authorize(call.user_id or "", method)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
             if not allowed:
-                raise GRPCError(Status.PERMISSION_DENIED, f"{user_id} may not call {method}")
+                raise self._denied(call.user_id or "", method)
+
+    def _on_request_sync(self, event: RecvRequest, call: CallContext) -> None:
+        method = event.method_name
+        if method in self.exempt:
+            return
+        self._check(method, self.verifier.verify(event.metadata, method), call)  # type: ignore[arg-type]
+        if self.authorize is not None and not self.authorize(call.user_id or "", method):
+            raise self._denied(call.user_id or "", method)

@@ -2,11 +2,11 @@
 
 A middleware implements any of these hooks; hooks it does not define cost nothing per call:
 
-``async on_request(event: RecvRequest, call: CallContext)``
+``[async] on_request(event: RecvRequest, call: CallContext)``
     in chain order, in the call's own task, before the handler; raise ``GRPCError`` to reject
-``async on_initial_metadata(event: SendInitialMetadata, call)``
+``[async] on_initial_metadata(event: SendInitialMetadata, call)``
     in reverse order, only for middlewares whose ``on_request`` ran; may add ``event.metadata``
-``async on_trailers(event: SendTrailingMetadata, call)``
+``[async] on_trailers(event: SendTrailingMetadata, call)``
     like ``on_initial_metadata``, for the trailers (``event.status`` is the call's status)
 ``on_done(call)``
     synchronous, in reverse order, exactly once per call that reached the middleware: also for
@@ -15,6 +15,9 @@ A middleware implements any of these hooks; hooks it does not define cost nothin
     applied once at start to every handler function the selector admits (innermost last)
 ``async start(server)`` / ``async stop()``
     lifecycle: after resources open / before they close
+
+The three event hooks may be coroutine functions or plain functions (cheaper when they never
+await).
 """
 
 from __future__ import annotations
@@ -78,9 +81,11 @@ class Middleware:
     #: built-in middlewares produce valid metadata; others are checked after their hooks
     trusted: ClassVar[bool] = False
 
-    on_request: Callable[[RecvRequest, CallContext], Awaitable[None]] | None = None
-    on_initial_metadata: Callable[[SendInitialMetadata, CallContext], Awaitable[None]] | None = None
-    on_trailers: Callable[[SendTrailingMetadata, CallContext], Awaitable[None]] | None = None
+    on_request: Callable[[RecvRequest, CallContext], Awaitable[None] | None] | None = None
+    on_initial_metadata: (
+        Callable[[SendInitialMetadata, CallContext], Awaitable[None] | None] | None
+    ) = None
+    on_trailers: Callable[[SendTrailingMetadata, CallContext], Awaitable[None] | None] | None = None
     on_done: Callable[[CallContext], None] | None = None
     wrap: Callable[[HandlerFunc, str, Handler], HandlerFunc] | None = None
 

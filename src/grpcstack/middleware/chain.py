@@ -12,6 +12,7 @@ untrusted middleware is validated and rolled back when invalid.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("grpcstack.middleware")
 
-_Hooks = tuple[tuple[int, Any, bool], ...]  # (position, hook, trusted)
+_Hooks = tuple[tuple[int, Any, bool, bool], ...]  # (position, hook, trusted, is_async)
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,19 @@ class MiddlewareChain:
     def _plan_for(self, method: str) -> _Plan:
         selected = [m for m in self.middlewares if m.applies_to(method)]
 
-        def hooks(attr: str) -> list[tuple[int, Any, bool]]:
+        def hooks(attr: str) -> list[tuple[int, Any, bool, bool]]:
+            # hooks may be plain functions: a call then costs no coroutine object
             return [
-                (pos, getattr(m, attr), m.trusted)
+                (pos, hook, m.trusted, inspect.iscoroutinefunction(hook))
                 for pos, m in enumerate(selected, 1)
-                if getattr(m, attr) is not None
+                if (hook := getattr(m, attr)) is not None
             ]
 
         return _Plan(
             request=tuple(hooks("on_request")),
             initial=tuple(reversed(hooks("on_initial_metadata"))),
             trailers=tuple(reversed(hooks("on_trailers"))),
-            done=tuple((pos, hook) for pos, hook, _ in reversed(hooks("on_done"))),
+            done=tuple((pos, hook) for pos, hook, _, _ in reversed(hooks("on_done"))),
             size=len(selected),
         )
 
@@ -94,9 +96,12 @@ class MiddlewareChain:
             return
         plan = self._plans.get(event.method_name, _EMPTY)
         try:
-            for pos, hook, _ in plan.request:
+            for pos, hook, _, is_async in plan.request:
                 call.depth = pos
-                await hook(event, call)
+                if is_async:
+                    await hook(event, call)
+                else:
+                    hook(event, call)
             call.depth = plan.size
         except GRPCError:
             raise
@@ -128,12 +133,15 @@ class MiddlewareChain:
         self, hooks: _Hooks, event: Any, call: CallContext, kind: str
     ) -> None:
         depth = call.depth
-        for pos, hook, trusted in hooks:
+        for pos, hook, trusted, is_async in hooks:
             if pos > depth:
                 continue
             before = None if trusted else MultiDict(event.metadata)
             try:
-                await hook(event, call)
+                if is_async:
+                    await hook(event, call)
+                else:
+                    hook(event, call)
             except Exception:
                 log.exception("middleware failed in %s metadata hook for %s", kind, call.method)
             if before is not None:

@@ -33,7 +33,7 @@ class ConcurrencyLimitMiddleware(Middleware):
         self.max_calls = max_calls
         self.in_flight = 0
 
-    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
+    def on_request(self, event: RecvRequest, call: CallContext) -> None:
         if self.in_flight >= self.max_calls:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,

@@ -37,16 +37,16 @@ class CorrelationIdMiddleware(Middleware):
         super().__init__(**kwargs)
         self.key = key
 
-    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
+    def on_request(self, event: RecvRequest, call: CallContext) -> None:
         value = event.metadata.get(self.key)
         if isinstance(value, str) and _VALID.match(value):
             call.correlation_id = value
         else:
             call.correlation_id = new_correlation_id()
 
-    async def on_initial_metadata(self, event: SendInitialMetadata, call: CallContext) -> None:
+    def on_initial_metadata(self, event: SendInitialMetadata, call: CallContext) -> None:
         event.metadata[self.key] = call.correlation_id
 
-    async def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
+    def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
         if not call.initial_metadata_sent:
             event.metadata[self.key] = call.correlation_id

@@ -4,16 +4,28 @@ grpc_server_started_total, grpc_server_handled_total{grpc_code}, grpc_server_msg
 grpc_server_msg_sent_total, grpc_server_handling_seconds (histogram), all with grpc_type,
 grpc_service, grpc_method; codes in Go spelling (OK, InvalidArgument, Canceled ...), so existing
 dashboards and alert rules work. Plus grpc_server_in_flight. Every registered method is
-pre-initialised, and label children are resolved once per method, not per call.
+pre-initialised with every code.
+
+The numbers live in plain per-method slots and are turned into metric families only when the
+registry is scraped: a call costs a handful of integer increments instead of eight locked
+prometheus_client value updates. All updates happen on the server's event loop thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from ..context import GRPC_TYPES, CallContext
 from .base import Middleware
@@ -41,23 +53,85 @@ GO_CODE_NAMES = {
     Status.DATA_LOSS: "DataLoss",
     Status.UNAUTHENTICATED: "Unauthenticated",
 }
+_CODES = sorted(GO_CODE_NAMES, key=lambda s: s.value)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 
 
-class _MethodMetrics:
-    __slots__ = ("handled", "in_flight", "latency", "received", "sent", "started")
+class MessageCounter:
+    """What the transport calls per streamed message (the ``inc`` of a prometheus Counter)."""
 
-    def __init__(self, m: MetricsMiddleware, labels: tuple[str, str, str]) -> None:
-        self.started = m.started.labels(*labels)
-        self.received = m.msg_received.labels(*labels)
-        self.sent = m.msg_sent.labels(*labels)
-        self.latency = m.handling.labels(*labels)
-        self.in_flight = m.in_flight.labels(*labels)
-        self.handled = {
-            code: m.handled.labels(*labels, name) for code, name in GO_CODE_NAMES.items()
-        }
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class _MethodStats:
+    __slots__ = ("buckets", "handled", "in_flight", "labels", "received", "sent", "started", "sum")
+
+    def __init__(self, labels: list[str], n_buckets: int) -> None:
+        self.labels = labels
+        self.started = 0
+        self.in_flight = 0
+        self.handled = [0] * 17  # indexed by status code
+        self.received = MessageCounter()
+        self.sent = MessageCounter()
+        self.buckets = [0] * (n_buckets + 1)  # per bucket, +Inf last; made cumulative on scrape
+        self.sum = 0.0
+
+
+class _Collector(Collector):
+    def __init__(self, middleware: MetricsMiddleware) -> None:
+        self.m = middleware
+
+    def collect(self) -> Iterator[Metric]:
+        stats = list(self.m.methods.values())
+        started = CounterMetricFamily(
+            "grpc_server_started", "Total number of RPCs started on the server.", labels=_LABELS
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels=[*_LABELS, "grpc_code"],
+        )
+        received = CounterMetricFamily(
+            "grpc_server_msg_received",
+            "Total number of RPC stream messages received on the server.",
+            labels=_LABELS,
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent",
+            "Total number of gRPC stream messages sent by the server.",
+            labels=_LABELS,
+        )
+        in_flight = GaugeMetricFamily(
+            "grpc_server_in_flight", "Number of RPCs being handled by the server.", labels=_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            labels=_LABELS,
+        )
+        bounds = [*(repr(float(b)) for b in self.m.buckets), "+Inf"]
+        for s in stats:
+            started.add_metric(s.labels, s.started)
+            for code in _CODES:
+                handled.add_metric([*s.labels, GO_CODE_NAMES[code]], s.handled[code.value])
+            received.add_metric(s.labels, s.received.value)
+            sent.add_metric(s.labels, s.sent.value)
+            in_flight.add_metric(s.labels, s.in_flight)
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, s.buckets, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            latency.add_metric(s.labels, cumulative, s.sum)
+        yield from (started, handled, received, sent, latency, in_flight)
 
 
 class MetricsMiddleware(Middleware):
@@ -73,68 +147,35 @@ class MetricsMiddleware(Middleware):
     ) -> None:
         super().__init__(**kwargs)
         self.registry = registry
-        r = {"registry": registry}
-        self.started = Counter(
-            "grpc_server_started_total", "Total number of RPCs started on the server.", _LABELS, **r
-        )
-        self.handled = Counter(
-            "grpc_server_handled_total",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            (*_LABELS, "grpc_code"),
-            **r,
-        )
-        self.msg_received = Counter(
-            "grpc_server_msg_received_total",
-            "Total number of RPC stream messages received on the server.",
-            _LABELS,
-            **r,
-        )
-        self.msg_sent = Counter(
-            "grpc_server_msg_sent_total",
-            "Total number of gRPC stream messages sent by the server.",
-            _LABELS,
-            **r,
-        )
-        self.handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
-            _LABELS,
-            buckets=tuple(buckets),
-            **r,
-        )
-        self.in_flight = Gauge(
-            "grpc_server_in_flight", "Number of RPCs being handled by the server.", _LABELS, **r
-        )
-        self._methods: dict[str, _MethodMetrics] = {}
+        self.buckets = sorted(float(b) for b in buckets if b != float("inf"))
+        self.methods: dict[str, _MethodStats] = {}
+        registry.register(_Collector(self))
 
     def initialize(self, mapping: dict[str, Any]) -> None:
         """Pre-create every series of every registered method (as InitializeMetrics does)."""
         for method, handler in mapping.items():
-            if handler is None or not self.applies_to(method):
-                continue
-            _, service, name = method.split("/", 2)
-            labels = (GRPC_TYPES[handler.cardinality], service, name)
-            self._methods[method] = _MethodMetrics(self, labels)
+            if handler is not None and self.applies_to(method):
+                _, service, name = method.split("/", 2)
+                self._add(method, [GRPC_TYPES[handler.cardinality], service, name])
 
-    def _for(self, call: CallContext) -> _MethodMetrics:
-        metrics = self._methods.get(call.method)
-        if metrics is None:
-            metrics = self._methods[call.method] = _MethodMetrics(
-                self, (call.grpc_type, call.service, call.method_name)
-            )
-        return metrics
+    def _add(self, method: str, labels: list[str]) -> _MethodStats:
+        stats = self.methods[method] = _MethodStats(labels, len(self.buckets))
+        return stats
 
-    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
-        m = self._for(call)
-        m.started.inc()
-        m.in_flight.inc()
-        call.msg_received = m.received
-        call.msg_sent = m.sent
+    def on_request(self, event: RecvRequest, call: CallContext) -> None:
+        s = self.methods.get(call.method)
+        if s is None:
+            s = self._add(call.method, [call.grpc_type, call.service, call.method_name])
+        s.started += 1
+        s.in_flight += 1
+        call.msg_received = s.received
+        call.msg_sent = s.sent
 
     def on_done(self, call: CallContext) -> None:
-        m = self._for(call)
-        m.in_flight.dec()
-        m.latency.observe(call.duration or 0.0)
+        s = self.methods[call.method]
+        s.in_flight -= 1
         assert call.status is not None
-        m.handled[call.status].inc()
+        s.handled[call.status.value] += 1
+        duration = call.duration or 0.0
+        s.sum += duration
+        s.buckets[bisect_left(self.buckets, duration)] += 1

@@ -14,7 +14,7 @@ from google.rpc.error_details_pb2 import RetryInfo
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ..ratelimit import Limit, MemoryLimiter, RedisLimiter
+from ..ratelimit import Decision, Limit, MemoryLimiter, RedisLimiter
 from .base import Middleware, not_health_or_reflection
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class RateLimitMiddleware(Middleware):
         self.max_requests = max_requests
         self.global_limit = Limit("global", global_max_requests) if global_max_requests else None
         self._user_limits: dict[str, Limit] = {}
+        memory = isinstance(limiter, MemoryLimiter)
+        self.on_request = self._on_request_memory if memory else self._on_request_redis  # type: ignore[assignment]
 
     def _limits(self, call: CallContext) -> list[Limit]:
         key = f"user:{call.user_id}" if call.user_id else f"peer:{_peer_host(call)}"
@@ -53,29 +55,34 @@ class RateLimitMiddleware(Middleware):
             limit = self._user_limits[key] = Limit(key, self.max_requests)
         return [limit, self.global_limit] if self.global_limit else [limit]
 
-    async def on_request(self, event: RecvRequest, call: CallContext) -> None:
-        limits = self._limits(call)
-        if isinstance(self.limiter, MemoryLimiter):
-            decision = self.limiter.hit(limits)
-        else:
-            decision = await self.limiter.hit(limits)
-        if decision.allowed:
-            return
+    def _on_request_memory(self, event: RecvRequest, call: CallContext) -> None:
+        assert isinstance(self.limiter, MemoryLimiter)
+        decision = self.limiter.hit(self._limits(call))
+        if not decision.allowed:
+            raise self._refuse(decision, call)
+
+    async def _on_request_redis(self, event: RecvRequest, call: CallContext) -> None:
+        assert isinstance(self.limiter, RedisLimiter)
+        decision = await self.limiter.hit(self._limits(call))
+        if not decision.allowed:
+            raise self._refuse(decision, call)
+
+    def _refuse(self, decision: Decision, call: CallContext) -> GRPCError:
         retry_ms = max(1, round(decision.retry_after * 1000))
         call.extra[RETRY_AFTER_KEY] = retry_ms
         if decision.limit is None:  # Redis down and configured to fail closed
-            raise GRPCError(Status.UNAVAILABLE, "rate limiter unavailable")
+            return GRPCError(Status.UNAVAILABLE, "rate limiter unavailable")
         scope = "global" if decision.limit.key == "global" else "per-caller"
         delay = Duration()
         delay.FromMilliseconds(retry_ms)
-        raise GRPCError(
+        return GRPCError(
             Status.RESOURCE_EXHAUSTED,
             f"{scope} rate limit of {decision.limit.max_requests} requests per "
             f"{self.limiter.window:g}s exceeded; retry in {retry_ms / 1000:.3f}s",
             [RetryInfo(retry_delay=delay)],
         )
 
-    async def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
+    def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
         retry_ms = call.extra.get(RETRY_AFTER_KEY)
         if retry_ms is not None:
             event.metadata[RETRY_AFTER_KEY] = str(retry_ms)
