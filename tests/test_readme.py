@@ -60,3 +60,38 @@ async def test_example_serves_and_stops(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_custom_middleware_example_rejects_without_tenant() -> None:
+    from conftest import running, settings
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
+    from platform_services.echo import EchoService
+
+    text = (ROOT / "README.md").read_text().split("### Your own middleware", 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code
+    namespace: dict[str, object] = {}
+    exec(code.group(1).replace("billing.v1.Billing", "echo.v1.EchoService"), namespace)
+
+    class Billing(namespace["BillingServer"]):  # type: ignore[misc,valid-type]
+        def services(self) -> list[object]:
+            return [EchoService()]
+
+    server = Billing(settings())
+    async with running(server):
+        ch = Channel("127.0.0.1", server.port)
+        try:
+            stub = EchoServiceStub(ch)
+            try:
+                await stub.echo(EchoRequest())
+            except GRPCError as err:
+                assert err.status is Status.FAILED_PRECONDITION
+                assert err.message == "x-tenant metadata is required"
+            else:
+                raise AssertionError("the middleware did not reject")
+            ok = await stub.echo(EchoRequest(message="t"), metadata={"x-tenant": "acme"})
+            assert ok.message == "t"
+        finally:
+            ch.close()
