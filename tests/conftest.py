@@ -102,3 +102,16 @@ def redis_process(tmp_path: Path) -> Any:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def mongo_process() -> Any:
+    """A private MongoDB wire server (secantusd-py, in memory); always killed at the end."""
+    from mongo_process import MongoProcess
+
+    proc = MongoProcess()
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

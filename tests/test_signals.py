@@ -25,6 +25,7 @@ RUNTIME_DEPS = [
     "pydantic-settings",
     "prometheus-client",
     "googleapis-common-protos",
+    "aiocache==0.12.*",
 ]
 VENVS = ROOT / ".cache" / "venvs"
 

@@ -1,19 +1,29 @@
 """Shared resources owned by a server's lifecycle: pooled clients created lazily when configured.
 
-Opened inside the running loop before ``before_start`` and closed after ``after_stop``. Redis: one
-client (on its own blocking pool, with explicit timeouts and bounded retries) per database number
-of the seeds' REDIS_DB_* allocation, created on first use, only when REDIS_URL is set.
+Opened inside the running loop before ``before_start`` and closed after ``after_stop``:
+
+* Redis (REDIS_URL): one client per database number of the seeds' REDIS_DB_* allocation, each
+  on a blocking pool with explicit timeouts and bounded retries.
+* MongoDB (MONGO_URL): PyMongo's ``AsyncMongoClient`` (MONGO_DRIVER=motor for teams that pin
+  Motor), with serverSelectionTimeoutMS set so a down server fails fast.
+* DuckDB (DUCKDB_PATH, a file or ":memory:"): a ``DuckDBStore``, never called on the loop thread.
+
+Every configured resource has a readiness check with a timeout, wired into health by the server:
+a down MongoDB makes the services NOT_SERVING while the process stays up, and they recover with it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .duckdb_store import DuckDBStore
 
 log = logging.getLogger("grpcstack.resources")
 
@@ -27,11 +37,24 @@ class Resources:
         self.settings = settings
         self.opened = False
         self._redis: dict[int, Redis] = {}
+        self._mongo: Any = None
+        self._duckdb: DuckDBStore | None = None
 
     async def open(self) -> None:
         self.opened = True
 
     async def close(self) -> None:
+        if self._mongo is not None:
+            client, self._mongo = self._mongo, None
+            try:
+                result = client.close()
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                log.debug("closing the MongoDB client failed", exc_info=True)
+        if self._duckdb is not None:
+            store, self._duckdb = self._duckdb, None
+            await store.close()
         clients, self._redis = list(self._redis.values()), {}
         for client in clients:
             try:
@@ -55,6 +78,66 @@ class Resources:
         if client is None:
             client = self._redis[db] = _make_redis(s, db)
         return client
+
+    # --- MongoDB ----------------------------------------------------------------------------
+
+    @property
+    def mongo_configured(self) -> bool:
+        return bool(self.settings.MONGO_URL)
+
+    def mongo(self) -> Any:
+        """The shared async MongoDB client (PyMongo AsyncMongoClient, or Motor)."""
+        s = self.settings
+        if not s.MONGO_URL:
+            raise ResourceNotConfigured("MONGO_URL is not set")
+        if self._mongo is None:
+            kwargs = {
+                "serverSelectionTimeoutMS": s.MONGO_SERVER_SELECTION_TIMEOUT_MS,
+                "connectTimeoutMS": s.MONGO_CONNECT_TIMEOUT_MS,
+                "maxPoolSize": s.MONGO_MAX_POOL_SIZE,
+            }
+            if s.MONGO_DRIVER == "motor":
+                from motor.motor_asyncio import AsyncIOMotorClient
+
+                self._mongo = AsyncIOMotorClient(s.MONGO_URL, **kwargs)
+            else:
+                from pymongo import AsyncMongoClient
+
+                self._mongo = AsyncMongoClient(s.MONGO_URL, **kwargs)
+        return self._mongo
+
+    def mongo_db(self, name: str | None = None) -> Any:
+        """A database: ``name``, else MONGO_DATABASE, else the one in MONGO_URL."""
+        client = self.mongo()
+        name = name or self.settings.MONGO_DATABASE
+        return client[name] if name else client.get_default_database()
+
+    # --- DuckDB -----------------------------------------------------------------------------
+
+    def duckdb(self) -> DuckDBStore:
+        if self._duckdb is None:
+            from .duckdb_store import DuckDBStore
+
+            self._duckdb = DuckDBStore(self.settings.DUCKDB_PATH)
+        return self._duckdb
+
+    # --- readiness --------------------------------------------------------------------------
+
+    def readiness_checks(self) -> list[tuple[str, Callable[[], Awaitable[bool]]]]:
+        """One check per configured remote resource (health adds its own timeout)."""
+        checks: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
+        if self.redis_configured:
+            checks.append(("redis", self.redis_ready))
+        if self.mongo_configured:
+            checks.append(("mongodb", self.mongo_ready))
+        return checks
+
+    async def redis_ready(self) -> bool:
+        return bool(await self.redis().ping())
+
+    async def mongo_ready(self) -> bool:
+        reply = await self.mongo().admin.command("ping")
+        return bool(reply.get("ok"))
 
 
 def _make_redis(s: ServerSettings, db: int) -> Redis:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from grpclib.config import Configuration
 from prometheus_client import CollectorRegistry
 
+from .cache import GrpcCache
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
 from .middleware import (
     AccessLogMiddleware,
@@ -63,6 +64,8 @@ class AsyncBaseServer:
         self.metrics_registry = CollectorRegistry()
         self.metrics_exporter: MetricsExporter | None = None
         self.chain: MiddlewareChain | None = None
+        #: the response cache (see grpcstack.cache.cached), ready before before_start
+        self.cache: GrpcCache | None = None
         self.port: int | None = None
         self.grpc_server: GrpcServer | None = None
         self._stopped: asyncio.Event | None = None
@@ -162,10 +165,16 @@ class AsyncBaseServer:
         self._stopped = asyncio.Event()
         await self.resources.open()
         try:
+            for name, check in self.resources.readiness_checks():
+                self.health.add_check(check, name=name)
+            self.cache = GrpcCache.from_settings(s, self.resources, self.metrics_registry)
+            await self.cache.start()
             await self.before_start()
             user_services = list(self.services())
             if not user_services:
                 raise ValueError(f"{type(self).__name__}.services() returned no services")
+            for service in user_services:
+                self.cache.bind(service)
             handlers: list[Any] = [*user_services, self.health]
             if s.GRPC_SERVER_ENABLE_REFLECTION:
                 handlers += reflection_services(handlers)
@@ -289,6 +298,8 @@ class AsyncBaseServer:
                     await middleware.stop()
                 except Exception:
                     log.exception("stopping %r failed", middleware)
+        if self.cache is not None:
+            await self.cache.close()
 
     async def wait_for_termination(self) -> None:
         """Wait until a stop (from a signal or another task) has finished."""

@@ -148,7 +148,20 @@ class ServerSettings(BaseSettings):
     REDIS_DB_RATE_LIMIT: int = 3
     REDIS_DB_SESSION: int = 4
     MONGO_URL: str | None = None
+    MONGO_DATABASE: str | None = None  # default: the database named in MONGO_URL
+    MONGO_DRIVER: Literal["pymongo", "motor"] = "pymongo"
+    MONGO_SERVER_SELECTION_TIMEOUT_MS: PositiveInt = 2000
+    MONGO_CONNECT_TIMEOUT_MS: PositiveInt = 2000
+    MONGO_MAX_POOL_SIZE: PositiveInt = 50
     DUCKDB_PATH: str = ":memory:"
+
+    # Response cache tiers beyond L1/L2
+    GRPC_CACHE_NAMESPACE: str | None = None  # default: SERVICE_NAME
+    GRPC_CACHE_SCHEMA_VERSION: str = "1"  # bump to drop every cached entry at once
+    GRPC_CACHE_L3_ENABLED: bool = False  # DuckDB tier (DUCKDB_PATH)
+    GRPC_CACHE_L3_TTL_SECONDS: PositiveInt = 86_400
+    GRPC_CACHE_NEGATIVE_TTL_SECONDS: Annotated[float, Field(ge=0)] = 5.0
+    GRPC_CACHE_TIER_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 0.25
 
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:

@@ -51,6 +51,17 @@ DEFAULT_RULES: dict[type[BaseException], ErrorRule] = {
 }
 INTERNAL = ErrorRule(Status.INTERNAL, "Internal error", log_traceback=True)
 
+#: rules for optional dependencies, by qualified class name (their modules are never imported here)
+DEFAULT_NAMED_RULES: dict[str, ErrorRule] = {
+    "pymongo.errors.ConnectionFailure": ErrorRule(
+        Status.UNAVAILABLE, "MongoDB is unavailable, retry later", log_traceback=False
+    ),
+    "redis.exceptions.ConnectionError": ErrorRule(
+        Status.UNAVAILABLE, "Redis is unavailable, retry later"
+    ),
+    "redis.exceptions.TimeoutError": ErrorRule(Status.UNAVAILABLE, "Redis timed out, retry later"),
+}
+
 
 class ErrorHandlingMiddleware(Middleware):
     name = "errors"
@@ -63,6 +74,7 @@ class ErrorHandlingMiddleware(Middleware):
     ) -> None:
         super().__init__(**kwargs)
         self.rules = dict(DEFAULT_RULES if rules is None else rules)
+        self.named_rules = dict(DEFAULT_NAMED_RULES)
 
     def register(
         self, exc_type: type[BaseException], status: Status, message: Message | None = None
@@ -72,7 +84,9 @@ class ErrorHandlingMiddleware(Middleware):
 
     def rule_for(self, exc: BaseException) -> ErrorRule:
         for klass in type(exc).__mro__:
-            rule = self.rules.get(klass)
+            rule = self.rules.get(klass) or self.named_rules.get(
+                f"{klass.__module__}.{klass.__qualname__}"
+            )
             if rule is not None:
                 return rule
         return INTERNAL

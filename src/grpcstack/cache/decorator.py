@@ -1,0 +1,119 @@
+"""``@cached``: read-through caching of a unary service method's responses.
+
+    class StrategyService(StrategyServiceBase):
+        @cached(ttl=300, per_user=True)
+        async def get_strategy_version(self, message): ...
+
+The server binds its GrpcCache to every service with cached methods at start; a service used
+outside a server (a unit test calling the method directly) runs uncached. A handler's
+``GRPCError(NOT_FOUND)`` is cached for GRPC_CACHE_NEGATIVE_TTL_SECONDS and replayed; other errors
+are not cached.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ..context import current_call
+from .envelope import KIND_NEGATIVE
+from .keys import request_key
+
+if TYPE_CHECKING:
+    from .grpc import GrpcCache
+
+F = TypeVar("F", bound=Callable[..., Any])
+KeyParts = Callable[[Any], Sequence[str]]
+BINDING_ATTR = "_grpcstack_cache"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    attr: str
+    ttl: float | None
+    tiers: tuple[str, ...] | None
+    key: KeyParts | None
+    per_user: bool
+
+
+@dataclass
+class Binding:
+    """What the server attaches to a service: its cache and, per method, path and reply type."""
+
+    cache: GrpcCache
+    methods: dict[str, tuple[str, type]]  # python attribute -> (/pkg.Svc/Method, reply type)
+
+
+def cached(
+    ttl: float | None = None,
+    *,
+    tiers: Collection[str] | None = None,
+    key: KeyParts | None = None,
+    per_user: bool = False,
+) -> Callable[[F], F]:
+    """Cache a unary method's responses.
+
+    ``ttl``: seconds (default GRPC_CACHE_DEFAULT_TTL); ``tiers``: e.g. ("l1", "l2");
+    ``key(message)``: extra key parts; ``per_user``: include the caller's user id.
+    """
+
+    def decorate(func: F) -> F:
+        spec = CacheSpec(func.__name__, ttl, tuple(tiers) if tiers else None, key, per_user)
+
+        @functools.wraps(func)
+        async def cached_call(self: Any, message: Any) -> Any:
+            binding: Binding | None = getattr(self, BINDING_ATTR, None)
+            if binding is None or not binding.cache.enabled:
+                return await func(self, message)
+            method, reply_type = binding.methods[spec.attr]
+            cache = binding.cache
+            extra: list[str] = []
+            if spec.per_user:
+                call = current_call()
+                user = call.user_id if call is not None else None
+                if not user:
+                    raise GRPCError(Status.UNAUTHENTICATED, "a per-user cached method needs a user")
+                extra.append(f"u={user}")
+            if spec.key is not None:
+                extra.extend(spec.key(message))
+            k = request_key(method, message, schema=cache.schema, extra=extra)
+
+            async def load() -> bytes | None:
+                try:
+                    return bytes(await func(self, message))
+                except GRPCError as err:
+                    if err.status is Status.NOT_FOUND:
+                        cache.not_found[k] = err.message
+                        return None
+                    raise
+
+            kind, payload = await cache.tiered.get_or_load(
+                k,
+                load,
+                method=method,
+                ttl=spec.ttl if spec.ttl is not None else cache.default_ttl,
+                tiers=spec.tiers,
+            )
+            if kind == KIND_NEGATIVE:
+                raise GRPCError(Status.NOT_FOUND, cache.not_found.get(k) or "not found")
+            return reply_type.parse(payload)
+
+        cached_call.__grpcstack_cache__ = spec  # type: ignore[attr-defined]
+        return cached_call  # type: ignore[return-value]
+
+    return decorate
+
+
+def cache_specs(service: Any) -> list[CacheSpec]:
+    specs = []
+    for klass in type(service).__mro__:
+        for value in vars(klass).values():
+            spec = getattr(value, "__grpcstack_cache__", None)
+            if spec is not None and spec not in specs:
+                specs.append(spec)
+    return specs

@@ -1,0 +1,76 @@
+"""L2: an aiocache RedisCache on the server's shared Redis pool (not a pool per cache).
+
+aiocache 0.12's RedisCache builds its own pool, writes with setex (deprecated on redis-py 8),
+clears with KEYS and, without a namespace, FLUSHDB. This backend borrows the Resources client,
+writes ``SET key value PX ms``, invalidates with SCAN + UNLINK only, and never closes the client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiocache.backends.redis import RedisBackend
+from aiocache.base import BaseCache
+
+from .envelope import RawBytesSerializer
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
+    NAME = "shared_redis"
+
+    def __init__(
+        self, client: Redis, *, scan_count: int = 1000, unlink_batch: int = 500, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("timeout", None)  # the tiered cache enforces its own per-tier budget
+        kwargs.setdefault("serializer", RawBytesSerializer())
+        BaseCache.__init__(self, **kwargs)
+        self.client = client
+        self.scan_count = scan_count
+        self.unlink_batch = unlink_batch
+
+    async def _set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        _cas_token: Any = None,
+        _conn: Any = None,
+    ) -> Any:
+        if _cas_token is not None:
+            return await self._cas(key, value, _cas_token, ttl=ttl, _conn=_conn)
+        if ttl is None:
+            return await self.client.set(key, value)
+        return await self.client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    async def set_many(self, rows: list[tuple[str, bytes, float]]) -> None:
+        """One pipelined round trip for several (key, value, ttl) rows."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, value, ttl in rows:
+                pipe.set(key, value, px=max(1, int(ttl * 1000)))
+            await pipe.execute()
+
+    async def delete_matching(self, pattern: str) -> int:
+        """SCAN MATCH (cursor based, never KEYS) + UNLINK in batches."""
+        deleted = 0
+        batch: list[Any] = []
+        async for key in self.client.scan_iter(match=pattern, count=self.scan_count):
+            batch.append(key)
+            if len(batch) >= self.unlink_batch:
+                deleted += await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self.client.unlink(*batch)
+        return deleted
+
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
+        namespace = namespace if namespace is not None else self.namespace
+        if not namespace:
+            raise ValueError("refusing to FLUSHDB: clear() needs a namespace")
+        await self.delete_matching(f"{namespace}*")
+        return True
+
+    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+        """The client belongs to the server's Resources."""

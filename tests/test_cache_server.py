@@ -1,0 +1,143 @@
+"""@cached on a real server with real Redis and a real MongoDB wire server: hits in metrics,
+negative caching, Redis killed and restarted, MongoDB down and back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from calls import call
+from conftest import running, settings
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase
+from grpcstack import AsyncBaseServer
+from grpcstack.cache import cached
+from grpcstack.middleware import RateLimitMiddleware
+from grpcstack.ratelimit import RedisLimiter
+
+
+class KvService(EchoServiceBase):
+    """Echo's unary method as a read-through lookup of MongoDB documents."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.loads = 0
+
+    @cached(ttl=60)
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        doc = await self.db.kv.find_one({"_id": message.message})
+        if doc is None:
+            raise GRPCError(Status.NOT_FOUND, f"no key {message.message!r}")
+        return EchoResponse(message=doc["value"])
+
+
+class KvServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = KvService(self.resources.mongo_db())
+        return [self.kv]
+
+
+def sample(server: AsyncBaseServer, name: str, labels: dict[str, str]) -> float:
+    return server.metrics_registry.get_sample_value(name, labels) or 0.0
+
+
+async def seed(server: KvServer, **docs: str) -> None:
+    for key, value in docs.items():
+        await server.kv.db.kv.replace_one({"_id": key}, {"_id": key, "value": value}, upsert=True)
+
+
+async def health(server: AsyncBaseServer) -> int:
+    from grpclib.client import Channel
+
+    ch = Channel("127.0.0.1", server.port)
+    try:
+        return (await HealthStub(ch).Check(HealthCheckRequest())).status
+    finally:
+        ch.close()
+
+
+def kv_settings(mongo: Any, **extra: Any) -> Any:
+    return settings(
+        MONGO_URL=mongo.url,
+        MONGO_SERVER_SELECTION_TIMEOUT_MS=500,
+        GRPC_HEALTH_CHECK_TIMEOUT_SECONDS=1.0,
+        **extra,
+    )
+
+
+async def test_hits_and_negative_answers_in_metrics(mongo_process: Any, pb2: Any) -> None:
+    server = KvServer(kv_settings(mongo_process))
+    async with running(server):
+        await seed(server, a="alpha")
+        for client in ("grpclib", "grpcio", "grpclib"):
+            out = await call(client, server.port, "Echo", EchoRequest(message="a"), pb2=pb2)
+            assert out.status is Status.OK and out.responses[0].message == "alpha"
+        assert server.kv.loads == 1
+        labels = {"service": "grpc-service", "method": "/echo.v1.EchoService/Echo"}
+        assert sample(server, "grpcstack_cache_lookups_total", {**labels, "result": "hit"}) == 2
+        assert sample(server, "grpcstack_cache_lookups_total", {**labels, "result": "miss"}) == 1
+        for _ in range(2):
+            out = await call("grpclib", server.port, "Echo", EchoRequest(message="zz"))
+            assert out.status is Status.NOT_FOUND and out.message == "no key 'zz'"
+        assert server.kv.loads == 2  # the second NOT_FOUND came from the negative entry
+
+
+async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> None:
+    server = KvServer(
+        kv_settings(mongo_process, REDIS_URL=redis_process.url, GRPC_RATE_LIMIT_MAX_REQUESTS=1000)
+    )
+    async with running(server):
+        await seed(server, a="alpha", b="beta", c="gamma")
+        assert (
+            await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
+        ).status is Status.OK
+        limiter = next(m for m in server.chain.middlewares if isinstance(m, RateLimitMiddleware))
+        assert isinstance(limiter.limiter, RedisLimiter)
+        limiter.limiter.retry_backoff = limiter.limiter._backoff = 0.2
+        limiter.limiter.max_backoff = 0.2
+        redis_process.stop()
+        hit = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))  # L1
+        miss = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))  # loader
+        assert (hit.status, miss.status) == (Status.OK, Status.OK)
+        assert miss.responses[0].message == "beta"
+        assert limiter.limiter.degraded
+        errors = sample(
+            server,
+            "grpcstack_cache_errors_total",
+            {"service": "grpc-service", "method": "/echo.v1.EchoService/Echo", "layer": "l2"},
+        )
+        assert errors >= 1
+        assert await health(server) == HealthCheckResponse.NOT_SERVING
+        redis_process.start()
+        await asyncio.sleep(0.3)
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
+        assert out.status is Status.OK and not limiter.limiter.degraded
+        keys = [k async for k in server.resources.redis(2).scan_iter(match="grpcstack:cache:*")]
+        assert len(keys) == 1  # "c" went to L2 again (a and b were written while it was down)
+        assert await health(server) == HealthCheckResponse.SERVING
+
+
+async def test_mongodb_down_not_serving_unavailable_then_recovery(mongo_process: Any) -> None:
+    server = KvServer(kv_settings(mongo_process))
+    async with running(server):
+        await seed(server, a="alpha")
+        assert (
+            await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
+        ).status is Status.OK
+        mongo_process.stop()
+        assert await health(server) == HealthCheckResponse.NOT_SERVING
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))
+        assert out.status is Status.UNAVAILABLE
+        assert out.message == "MongoDB is unavailable, retry later"
+        cached_answer = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
+        assert cached_answer.status is Status.OK  # still served from the cache
+        mongo_process.start()  # same port, empty storage
+        await seed(server, b="beta")
+        assert await health(server) == HealthCheckResponse.SERVING
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))
+        assert out.status is Status.OK and out.responses[0].message == "beta"
