@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache
 
 setup: $(STAMP)
 
@@ -32,7 +32,10 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware
+bench: bench-middleware bench-cache
+
+bench-cache: $(STAMP)
+	$(BIN)/grpcstack bench cache
 
 bench-middleware: $(STAMP)
 	$(BIN)/grpcstack bench middleware --target platform_services.echo:EchoServer \

@@ -61,6 +61,13 @@ async def health(server: AsyncBaseServer) -> int:
         ch.close()
 
 
+async def eventually(server: AsyncBaseServer, status: int, within: float = 10.0) -> None:
+    """Health reaches ``status`` (readiness checks follow the resource, not instantly)."""
+    async with asyncio.timeout(within):
+        while await health(server) != status:
+            await asyncio.sleep(0.1)
+
+
 def kv_settings(mongo: Any, **extra: Any) -> Any:
     return settings(
         MONGO_URL=mongo.url,
@@ -112,14 +119,14 @@ async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> 
             {"service": "grpc-service", "method": "/echo.v1.EchoService/Echo", "layer": "l2"},
         )
         assert errors >= 1
-        assert await health(server) == HealthCheckResponse.NOT_SERVING
+        await eventually(server, HealthCheckResponse.NOT_SERVING)
         redis_process.start()
         await asyncio.sleep(0.3)
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
         assert out.status is Status.OK and not limiter.limiter.degraded
         keys = [k async for k in server.resources.redis(2).scan_iter(match="grpcstack:cache:*")]
         assert len(keys) == 1  # "c" went to L2 again (a and b were written while it was down)
-        assert await health(server) == HealthCheckResponse.SERVING
+        await eventually(server, HealthCheckResponse.SERVING)
 
 
 async def test_mongodb_down_not_serving_unavailable_then_recovery(mongo_process: Any) -> None:
@@ -130,14 +137,14 @@ async def test_mongodb_down_not_serving_unavailable_then_recovery(mongo_process:
             await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
         ).status is Status.OK
         mongo_process.stop()
-        assert await health(server) == HealthCheckResponse.NOT_SERVING
+        await eventually(server, HealthCheckResponse.NOT_SERVING)
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))
         assert out.status is Status.UNAVAILABLE
         assert out.message == "MongoDB is unavailable, retry later"
         cached_answer = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
         assert cached_answer.status is Status.OK  # still served from the cache
         mongo_process.start()  # same port, empty storage
+        await eventually(server, HealthCheckResponse.SERVING)
         await seed(server, b="beta")
-        assert await health(server) == HealthCheckResponse.SERVING
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))
         assert out.status is Status.OK and out.responses[0].message == "beta"

@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     mw.add_argument("--connections", type=int, default=1)
     mw.add_argument("--streams", type=int, default=100, help="in flight per connection")
     mw.add_argument("--no-uvloop", action="store_true", help="serve on plain asyncio")
+    cache = modes.add_parser("cache", help="p50/p99 per cache tier, and each layer's overhead")
+    cache.add_argument("--redis-url", help="default: a private redis-server for the run")
+    cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
+    cache.add_argument("--rounds", type=int, default=3)
     return parser
 
 
@@ -125,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.mode == "cache":
+        return _bench_cache(args)
     from .bench import middleware
 
     opts = middleware.Options(
@@ -143,6 +149,50 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"grpcstack bench: {exc}", file=sys.stderr)
         return 1
     print(middleware.report(result))
+    return 0
+
+
+def _bench_cache(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from .bench import cache
+    from .bench.process import free_port
+
+    url, proc = args.redis_url, None
+    if url is None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("grpcstack bench: give --redis-url or install redis-server", file=sys.stderr)
+            return 1
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tempfile.gettempdir(),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}"
+        time.sleep(0.3)
+    try:
+        result = asyncio.run(cache.run(url, args.requests, rounds=args.rounds))
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    print(cache.report(result))
     return 0
 
 

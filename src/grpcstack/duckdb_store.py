@@ -76,6 +76,7 @@ class DuckDBStore:
             self._conn.close()
 
         loop = asyncio.get_running_loop()
+        # readers finish their statements first: a busy cursor refuses to close
+        await loop.run_in_executor(None, self._readers.shutdown, True)
         await loop.run_in_executor(self._writer, close_all)
         self._writer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)

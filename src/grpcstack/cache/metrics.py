@@ -1,7 +1,9 @@
 """Cache metrics on the server's registry: per tier hits/misses/errors, latency, L1 size.
 
-Hit rate (the seeds alert below 80%):
-``sum(rate(grpcstack_cache_lookups_total{result="hit"}[5m])) / sum(rate(grpcstack_cache_lookups_total[5m]))``
+Hit rate (the seeds alert below 80%), in PromQL::
+
+    sum(rate(grpcstack_cache_lookups_total{result="hit"}[5m]))
+      / sum(rate(grpcstack_cache_lookups_total[5m]))
 """
 
 from __future__ import annotations

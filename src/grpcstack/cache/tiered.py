@@ -96,9 +96,7 @@ class TieredCache:
         if i == 0 and self._l1 is not None:
             return self._l1.get_nowait(full)  # type: ignore[no-any-return]
         raw = await self._timed(tier, "get", tier.cache.get(full))
-        if raw is None:
-            return None
-        return raw if i == 0 else unwrap(raw)
+        return None if raw is None else unwrap(raw)
 
     async def _put(
         self, i: int, tier: Tier, full: str, expiry: float, kind: int, payload: bytes, method: str
@@ -111,8 +109,6 @@ class TieredCache:
                 self._l1.set_nowait(full, (expiry, kind, payload), ttl)
                 self.metrics.l1_size.set(len(self._l1))
                 self.metrics.l1_evictions.set(self._l1.evictions)
-            elif i == 0:
-                await self._timed(tier, "set", tier.cache.set(full, (expiry, kind, payload), ttl))
             else:
                 blob = wrap(payload, expiry, kind)
                 await self._timed(tier, "set", tier.cache.set(full, blob, ttl=ttl))

@@ -1,0 +1,138 @@
+"""`grpcstack bench cache`: p50/p99 per tier, and what each layer above a raw lookup costs.
+
+For each tier the same 2 KB values are read by 10 concurrent tasks three ways: the raw store
+(dict / redis-py GET / DuckDB SELECT), the aiocache backend, and the TieredCache (that tier
+alone, with envelope, metrics and timeouts). Rounds are interleaved; Redis is the given URL or a
+private redis-server started for the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..cache.duckdb import DuckDBCache
+from ..cache.memory import LRUMemoryCache
+from ..cache.redis import SharedRedisCache
+from ..cache.tiered import Tier, TieredCache
+from ..duckdb_store import DuckDBStore
+
+KEYS = 200
+VALUE = os.urandom(2048)
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(
+    op: Callable[[str], Awaitable[Any]], requests: int, concurrency: int
+) -> list[float]:
+    samples: list[float] = []
+    per_task = requests // concurrency
+
+    async def worker(offset: int) -> None:
+        for i in range(per_task):
+            key = f"k{(offset + i) % KEYS}"
+            t0 = time.perf_counter()
+            await op(key)
+            samples.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(worker(n * 7) for n in range(concurrency)))
+    return samples
+
+
+async def run(
+    redis_url: str, requests: int = 2000, concurrency: int = 10, rounds: int = 3
+) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url, db=15)
+    tmp = tempfile.mkdtemp(prefix="grpcstack-bench-")
+    store = DuckDBStore(os.path.join(tmp, "bench.duckdb"))
+    expiry = time.time() + 3600
+    l1 = LRUMemoryCache(maxsize=KEYS * 2)
+    l2 = SharedRedisCache(redis)
+    l3 = DuckDBCache(store)
+    tiered = {
+        "l1": TieredCache([Tier("l1", l1, 3600)], service="bench", namespace="b1"),
+        "l2": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="b2"),
+        "l3": TieredCache([Tier("l3", l3, 3600, 2.0)], service="bench", namespace="b3"),
+    }
+    raw_dict: dict[str, bytes] = {}
+    try:
+        for i in range(KEYS):
+            key = f"k{i}"
+            raw_dict[key] = VALUE
+            for cache in tiered.values():
+                await cache.set(key, VALUE, 3600)
+            await redis.set(f"raw:{key}", VALUE)
+            await l1.set(f"api:{key}", (expiry, 0, VALUE))
+        await l3.flush()
+
+        async def dict_get(k: str) -> Any:
+            return raw_dict.get(k)
+
+        async def duck_raw(k: str) -> Any:
+            return await store.query("SELECT value FROM grpc_cache WHERE key = ?", [f"b3:{k}"])
+
+        variants: dict[str, Callable[[str], Awaitable[Any]]] = {
+            "l1 raw dict": dict_get,
+            "l1 aiocache": lambda k: l1.get(f"api:{k}"),
+            "l1 tiered": tiered["l1"].get,
+            "l2 raw redis GET": lambda k: redis.get(f"raw:{k}"),
+            "l2 aiocache": lambda k: l2.get(f"b2:{k}"),
+            "l2 tiered": tiered["l2"].get,
+            "l3 raw duckdb": duck_raw,
+            "l3 aiocache": lambda k: l3.get(f"b3:{k}"),
+            "l3 tiered": tiered["l3"].get,
+        }
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, op in variants.items():
+                results[name] += await _measure(op, requests, concurrency)
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+        await store.close()
+    table = {
+        name: {
+            "p50_us": _pct(s, 0.5) * 1e6,
+            "p99_us": _pct(s, 0.99) * 1e6,
+            "mean_us": statistics.fmean(s) * 1e6,
+        }
+        for name, s in results.items()
+    }
+    for tier in ("l1", "l2", "l3"):
+        raw = next(v for k, v in table.items() if k.startswith(tier) and "raw" in k)
+        for layer in ("aiocache", "tiered"):
+            table[f"{tier} {layer}"]["x_raw_p50"] = table[f"{tier} {layer}"]["p50_us"] / max(
+                raw["p50_us"], 1e-9
+            )
+    return {
+        "benchmark": "cache",
+        "value_bytes": len(VALUE),
+        "concurrency": concurrency,
+        "requests_per_round": requests,
+        "rounds": rounds,
+        "results": table,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"cache tiers: {result['value_bytes']} B values, {result['concurrency']} tasks, "
+        f"{result['rounds']} rounds x {result['requests_per_round']} gets per variant",
+        f"{'variant':<18} {'p50 us':>9} {'p99 us':>9} {'x raw p50':>10}",
+    ]
+    for name, row in result["results"].items():
+        ratio = f"{row['x_raw_p50']:.2f}" if "x_raw_p50" in row else "-"
+        lines.append(f"{name:<18} {row['p50_us']:>9.1f} {row['p99_us']:>9.1f} {ratio:>10}")
+    return "\n".join(lines) + "\n" + json.dumps(result)
