@@ -119,13 +119,31 @@ async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> 
             {"service": "grpc-service", "method": "/echo.v1.EchoService/Echo", "layer": "l2"},
         )
         assert errors >= 1
-        await eventually(server, HealthCheckResponse.NOT_SERVING)
+        # Redis is optional: the replica keeps SERVING, degraded, rather than dropping out
+        assert await health(server) == HealthCheckResponse.SERVING
         redis_process.start()
         await asyncio.sleep(0.3)
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
         assert out.status is Status.OK and not limiter.limiter.degraded
         keys = [k async for k in server.resources.redis(2).scan_iter(match="grpcstack:cache:*")]
         assert len(keys) == 1  # "c" went to L2 again (a and b were written while it was down)
+
+
+async def test_redis_can_be_required_for_readiness(redis_process: Any) -> None:
+    from platform_services.echo import EchoServer
+
+    server = EchoServer(
+        settings(
+            REDIS_URL=redis_process.url,
+            REDIS_REQUIRED_FOR_READINESS=True,
+            GRPC_HEALTH_CHECK_TIMEOUT_SECONDS=1.0,
+        )
+    )
+    async with running(server):
+        assert await health(server) == HealthCheckResponse.SERVING
+        redis_process.stop()
+        await eventually(server, HealthCheckResponse.NOT_SERVING)
+        redis_process.start()
         await eventually(server, HealthCheckResponse.SERVING)
 
 

@@ -124,9 +124,14 @@ class Resources:
     # --- readiness --------------------------------------------------------------------------
 
     def readiness_checks(self) -> list[tuple[str, Callable[[], Awaitable[bool]]]]:
-        """One check per configured remote resource (health adds its own timeout)."""
+        """Checks for the resources calls cannot do without (health adds its own timeout).
+
+        Redis is left out unless REDIS_REQUIRED_FOR_READINESS: the cache and the rate limiter
+        degrade without it, and marking every replica NOT_SERVING when the shared Redis dies
+        would turn a degraded service into an outage.
+        """
         checks: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
-        if self.redis_configured:
+        if self.redis_configured and self.settings.REDIS_REQUIRED_FOR_READINESS:
             checks.append(("redis", self.redis_ready))
         if self.mongo_configured:
             checks.append(("mongodb", self.mongo_ready))

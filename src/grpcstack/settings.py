@@ -142,6 +142,7 @@ class ServerSettings(BaseSettings):
     REDIS_SOCKET_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
     REDIS_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
     REDIS_RETRIES: Annotated[int, Field(ge=0)] = 1
+    REDIS_REQUIRED_FOR_READINESS: bool = False  # cache and limits degrade without Redis
     REDIS_DB_USER: int = 0
     REDIS_DB_MARKET: int = 1
     REDIS_DB_GRPC: int = 2
