@@ -166,3 +166,16 @@ async def test_mongodb_down_not_serving_unavailable_then_recovery(mongo_process:
         await seed(server, b="beta")
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="b"))
         assert out.status is Status.OK and out.responses[0].message == "beta"
+
+
+async def test_motor_driver_behind_the_same_interface(mongo_process: Any) -> None:
+    import pytest
+
+    pytest.importorskip("motor")
+    server = KvServer(kv_settings(mongo_process, MONGO_DRIVER="motor"))
+    async with running(server):
+        assert type(server.resources.mongo()).__module__.startswith("motor")
+        await seed(server, m="motor value")
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="m"))
+        assert out.status is Status.OK and out.responses[0].message == "motor value"
+        assert await server.resources.mongo_ready()
