@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from grpclib.config import Configuration
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from prometheus_client import CollectorRegistry
 
 from .cache import GrpcCache
+from .codec import StackCodec
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
 from .middleware import (
     AccessLogMiddleware,
@@ -187,6 +189,9 @@ class AsyncBaseServer:
             # grpclib binds its Server to the running loop: build it here, not in __init__.
             self.grpc_server = GrpcServer(
                 self.chain.wrap_services(handlers),
+                codec=StackCodec(s.GRPC_CODEC),
+                # a custom codec silently drops rich error details unless this is passed too
+                status_details_codec=ProtoStatusDetailsCodec(),
                 config=self._grpclib_config(),
                 max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
                 max_receive_message_length=s.GRPC_MAX_MESSAGE_LENGTH,

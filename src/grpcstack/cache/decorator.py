@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from ..codec import PreEncoded, Unsupported, plan
 from ..context import current_call
 from .envelope import KIND_NEGATIVE
 from .keys import request_key
@@ -85,7 +86,8 @@ def cached(
 
             async def load() -> bytes | None:
                 try:
-                    return bytes(await func(self, message))
+                    reply = await func(self, message)
+                    return encode(reply)
                 except GRPCError as err:
                     if err.status is Status.NOT_FOUND:
                         cache.not_found[k] = err.message
@@ -101,12 +103,30 @@ def cached(
             )
             if kind == KIND_NEGATIVE:
                 raise GRPCError(Status.NOT_FOUND, cache.not_found.get(k) or "not found")
-            return reply_type.parse(payload)
+            call = current_call()
+            if call is not None and call.method == method:
+                # serving this very RPC: the stored bytes go out as they are, no decode/encode
+                return PreEncoded(payload)
+            return decode(reply_type, payload)
 
         cached_call.__grpcstack_cache__ = spec  # type: ignore[attr-defined]
         return cached_call  # type: ignore[return-value]
 
     return decorate
+
+
+def encode(message: Any) -> bytes:
+    try:
+        return plan.encoder(type(message))(message)
+    except Unsupported:
+        return bytes(message)
+
+
+def decode(cls: type, data: bytes) -> Any:
+    try:
+        return plan.decoder(cls)(data)
+    except Unsupported:
+        return cls.parse(data)  # type: ignore[attr-defined]
 
 
 def cache_specs(service: Any) -> list[CacheSpec]:
