@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec
 
 setup: $(STAMP)
 
@@ -32,7 +32,17 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache
+bench: bench-middleware bench-cache bench-codec
+
+# OCRRequest(private_image_path="scan.png"), hex-encoded
+OCR_REQUEST := 12087363616e2e706e67
+
+bench-codec: $(STAMP)
+	$(BIN)/grpcstack bench codec \
+		--fixture platform_services.bench_fixtures:ocr_response_50 \
+		--fixture platform_services.bench_fixtures:small_message \
+		--rpc-target platform_services.bench_fixtures:CannedOcrServer \
+		--rpc-method /ocr.v1.OCRService/ExtractText --rpc-request-hex $(OCR_REQUEST)
 
 bench-cache: $(STAMP)
 	$(BIN)/grpcstack bench cache

@@ -97,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     mw.add_argument("--connections", type=int, default=1)
     mw.add_argument("--streams", type=int, default=100, help="in flight per connection")
     mw.add_argument("--no-uvloop", action="store_true", help="serve on plain asyncio")
+    codec = modes.add_parser("codec", help="betterproto2 vs plan vs upb; unary RPC per codec")
+    codec.add_argument(
+        "--fixture",
+        action="append",
+        required=True,
+        help="module:function returning a message (repeatable)",
+    )
+    codec.add_argument("--rpc-target", help="module:ServerClass answering --rpc-method")
+    codec.add_argument("--rpc-method", help="full method for the RPC part")
+    codec.add_argument("--rpc-request-hex", default="", help="its request, hex-encoded")
+    codec.add_argument("--rounds", type=int, default=5)
     cache = modes.add_parser("cache", help="p50/p99 per cache tier, and each layer's overhead")
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
@@ -131,6 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.mode == "cache":
         return _bench_cache(args)
+    if args.mode == "codec":
+        from .bench import codec
+
+        result: dict[str, object] = {
+            "benchmark": "codec",
+            "micro": codec.micro(args.fixture, args.rounds),
+        }
+        if args.rpc_target and args.rpc_method:
+            try:
+                result["rpc"] = codec.rpc(
+                    args.rpc_target, args.rpc_method, bytes.fromhex(args.rpc_request_hex)
+                )
+            except RuntimeError as exc:
+                print(f"grpcstack bench: {exc}", file=sys.stderr)
+                return 1
+        print(codec.report(result))
+        return 0
     from .bench import middleware
 
     opts = middleware.Options(

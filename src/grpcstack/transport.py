@@ -37,6 +37,7 @@ from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hpack.hpack import INDEX_NEVER
 
+from .codec import DecodeError
 from .context import CallContext, set_current
 
 if TYPE_CHECKING:
@@ -191,6 +192,10 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
         try:
             message = self._codec.decode(data, self._recv_type)
+        except DecodeError as exc:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"Could not parse the request message: {exc}"
+            ) from None
         except Exception:
             log.info("undecodable %s request", self._method_name, exc_info=True)
             raise GRPCError(

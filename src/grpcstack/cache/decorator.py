@@ -130,10 +130,11 @@ def decode(cls: type, data: bytes) -> Any:
 
 
 def cache_specs(service: Any) -> list[CacheSpec]:
+    """The @cached methods a service really has (an override without @cached hides its base's)."""
+    cls = type(service)
     specs = []
-    for klass in type(service).__mro__:
-        for value in vars(klass).values():
-            spec = getattr(value, "__grpcstack_cache__", None)
-            if spec is not None and spec not in specs:
-                specs.append(spec)
+    for name in dir(cls):
+        spec = getattr(getattr(cls, name, None), "__grpcstack_cache__", None)
+        if spec is not None:
+            specs.append(spec)
     return specs
