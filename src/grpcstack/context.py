@@ -40,6 +40,7 @@ class CallContext:
 
     __slots__ = (
         "cardinality",
+        "compress_response",
         "correlation_id",
         "deadline",
         "depth",
@@ -54,6 +55,7 @@ class CallContext:
         "msg_sent",
         "peer",
         "peer_cancelled",
+        "request_compressed",
         "service",
         "start",
         "status",
@@ -88,6 +90,11 @@ class CallContext:
         self.exception: BaseException | None = None
         self.initial_metadata_sent = False
         self.peer_cancelled = False
+        #: whether the last request message arrived compressed
+        self.request_compressed = False
+        #: compress the response messages sent from now on: True/False, None = server default
+        #: (GRPC_COMPRESSION); only when the client accepts gzip
+        self.compress_response: bool | None = None
         #: number of middlewares whose on_request was entered (onion semantics)
         self.depth = 0
         #: metric children counting messages (set by the metrics middleware)
@@ -139,6 +146,13 @@ def outgoing_metadata() -> dict[str, str]:
     if call is None or call.correlation_id is None:
         return {}
     return {CORRELATION_ID_KEY: call.correlation_id}
+
+
+def set_response_compression(enabled: bool) -> None:
+    """Compress (or not) the messages this call sends from now on, if the client accepts gzip."""
+    call = _current.get()
+    if call is not None:
+        call.compress_response = enabled
 
 
 def set_current(call: CallContext | None) -> None:

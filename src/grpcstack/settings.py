@@ -63,6 +63,7 @@ class ServerSettings(BaseSettings):
     GRPC_SERVER_MAX_WORKERS: int | None = None  # seed name; ignored: no thread pool on asyncio
     GRPC_UVLOOP: bool = True  # use uvloop when it is installed (`pip install grpcstack[uvloop]`)
     GRPC_CODEC: Literal["plan", "betterproto2"] = "plan"  # betterproto2: debugging escape hatch
+    GRPC_COMPRESSION: Literal["none", "gzip"] = "none"  # compress responses of gzip-aware clients
 
     # Server options
     GRPC_KEEPALIVE_TIME_MS: PositiveInt = 30_000

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,16 +29,28 @@ from typing import TYPE_CHECKING, Any, cast
 import grpclib
 import grpclib.server
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import Deadline, decode_metadata
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import Deadline, decode_metadata, encode_metadata
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol
 from grpclib.utils import DeadlineWrapper, Wrapper
 from h2.connection import H2Connection
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hpack.hpack import INDEX_NEVER
+from multidict import MultiDict
 
 from .codec import DecodeError
+from .compression import (
+    ACCEPT_ENCODING,
+    GZIP,
+    IDENTITY,
+    SUPPORTED,
+    Corrupt,
+    TooLarge,
+    accepts_gzip,
+    gzip_compress,
+    gzip_decompress,
+)
 from .context import CallContext, set_current
 
 if TYPE_CHECKING:
@@ -167,11 +180,15 @@ class StackProtocol(H2Protocol):
 
 
 class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
-    """A server Stream that rejects oversized messages on their length prefix and counts
-    messages for the call's metrics."""
+    """A server Stream that rejects oversized messages on their length prefix, speaks gzip
+    message compression, and counts messages for the call's metrics."""
 
     max_receive_length: int = 4 * 1024 * 1024
     call: CallContext
+    request_encoding: str = IDENTITY
+    accepts_gzip = False  # the client listed gzip in grpc-accept-encoding
+    compression_aware = False  # the client sent grpc-accept-encoding at all
+    compress_by_default = False
 
     async def recv_message(self) -> Any:
         meta = await self._stream.recv_data(5)
@@ -180,8 +197,8 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
         if len(meta) != 5:
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix")
         compressed, length = _PREFIX.unpack(meta)
-        if compressed:
-            raise GRPCError(Status.UNIMPLEMENTED, "Message compression is not supported")
+        if compressed and self.request_encoding != GZIP:
+            raise GRPCError(Status.INTERNAL, "Compressed message without a grpc-encoding")
         if length > self.max_receive_length:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
@@ -190,6 +207,16 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
         data = await self._stream.recv_data(length)
         if len(data) != length:
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
+        if compressed:
+            try:
+                data = gzip_decompress(data, self.max_receive_length)
+            except TooLarge as exc:
+                raise GRPCError(Status.RESOURCE_EXHAUSTED, f"Received {exc}") from None
+            except Corrupt:
+                raise GRPCError(
+                    Status.INTERNAL, "Could not decompress the request message"
+                ) from None
+        self.call.request_compressed = bool(compressed)
         try:
             message = self._codec.decode(data, self._recv_type)
         except DecodeError as exc:
@@ -209,8 +236,40 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
             counter.inc()
         return message
 
+    async def send_initial_metadata(self, *, metadata: Any = None) -> None:
+        """grpclib's, plus the compression headers its metadata encoder refuses (grpc-*)."""
+        if self._send_initial_metadata_done:
+            raise ProtocolError("Initial metadata was already sent")
+        headers = [(":status", "200"), ("content-type", self._content_type)]
+        if self.accepts_gzip:
+            headers.append(("grpc-encoding", GZIP))
+        if self.compression_aware:
+            headers.append(("grpc-accept-encoding", ACCEPT_ENCODING))
+        (md,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
+        headers.extend(encode_metadata(md))
+        await self._stream.send_headers(headers)
+        self._send_initial_metadata_done = True
+
     async def send_message(self, message: Any) -> None:
-        await super().send_message(message)
+        """grpclib's, compressing the message when the call asks for it and the client accepts."""
+        if not self._send_initial_metadata_done:
+            await self.send_initial_metadata()
+        if not self._cardinality.server_streaming and self._send_message_done:
+            raise ProtocolError("Message was already sent")
+        (message,) = await self._dispatch.send_message(message)
+        data = self._codec.encode(message, self._send_type)
+        compress = False
+        if self.accepts_gzip:
+            wanted = self.call.compress_response
+            compress = self.compress_by_default if wanted is None else wanted
+            if compress:
+                data = gzip_compress(data)
+        await self._stream.send_data(_PREFIX.pack(compress, len(data)) + data)
+        self._send_message_done = True
+        self._messages_sent += 1
+        connection = self._stream.connection
+        connection.messages_sent += 1
+        connection.last_message_sent = time.monotonic()
         counter = self.call.msg_sent
         if counter is not None:
             counter.inc()
@@ -246,9 +305,11 @@ class GrpcServer(grpclib.server.Server):
         *,
         max_concurrent_streams: int = 100,
         max_receive_message_length: int = 4 * 1024 * 1024,
+        compress_by_default: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(handlers, **kwargs)
+        self.compress_by_default = compress_by_default
         self.max_concurrent_streams = max_concurrent_streams
         self.max_receive_message_length = max_receive_message_length
         self._protocols: weakref.WeakSet[StackProtocol] = weakref.WeakSet()
@@ -288,13 +349,16 @@ class GrpcServer(grpclib.server.Server):
         return sum(1 for protocol in list(self._protocols) if protocol.goaway())
 
 
-async def _abort(stream: protocol.Stream, status: Status, message: str) -> None:
+async def _abort(
+    stream: protocol.Stream, status: Status, message: str, extra: _Headers | None = None
+) -> None:
     """Trailers-only gRPC error response (HTTP 200), then reset the stream."""
     headers = [
         (":status", "200"),
         ("content-type", "application/grpc"),
         ("grpc-status", str(status.value)),
         ("grpc-message", grpclib.metadata.encode_grpc_message(message)),
+        *(extra or []),
     ]
     await stream.send_headers(headers, end_stream=True)
     if stream.closable:
@@ -344,6 +408,16 @@ async def handle_request(
         except ValueError:
             await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
             return
+        encoding = headers_map.get("grpc-encoding", IDENTITY)
+        if encoding not in SUPPORTED:
+            await _abort(
+                h2_stream,
+                Status.UNIMPLEMENTED,
+                f"Unsupported grpc-encoding {encoding!r}",
+                [("grpc-accept-encoding", ACCEPT_ENCODING)],
+            )
+            return
+        accept_header = headers_map.get("grpc-accept-encoding")
         metadata = decode_metadata(headers)
         user_agent = headers_map.get("user-agent")
         dispatch: _DispatchServerEvents = server.__dispatch__
@@ -361,6 +435,11 @@ async def handle_request(
             user_agent=user_agent,
         ) as stream:
             stream.max_receive_length = server.max_receive_message_length
+            stream.request_encoding = encoding
+            if accept_header is not None:
+                stream.compression_aware = True
+                stream.accepts_gzip = accepts_gzip(accept_header)
+            stream.compress_by_default = server.compress_by_default
             call = stream.call = CallContext(
                 method_name, method.cardinality, metadata, stream.peer, deadline
             )
