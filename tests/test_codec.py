@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gen.common.v1 import Metadata
 from gen.coverage.v1 import Everything, Inner, Node, Scalars, Unplanned
 from gen.echo.v1 import EchoRequest, EchoResponse
+from gen.grpc.testing import Empty, SimpleRequest
 from gen.llm.v1 import LlmResponse
 from gen.ocr.v1 import OcrBatchProgress, OcrRequest, OcrResponse
 from grpcstack.codec import DecodeError, PreEncoded, StackCodec, plan
@@ -31,6 +32,8 @@ CLASSES = [
     LlmResponse,
     EchoRequest,
     EchoResponse,
+    Empty,
+    SimpleRequest,
 ]
 F = d.FieldDescriptor
 

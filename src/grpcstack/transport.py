@@ -295,6 +295,19 @@ class StackHandler(grpclib.server.Handler):
         self._tasks[stream] = task
         self._server._track(task)
 
+    def cancel(self, stream: protocol.Stream) -> None:
+        """RST_STREAM from the client. grpclib cancels the request task, but a task cancelled
+        before its first step never runs at all: no status, no metrics, and its stream is never
+        released. Such a task is left to start and ends the call as CANCELLED itself."""
+        task = self._tasks.pop(stream, None)
+        if task is None:
+            return
+        if getattr(stream, "_grpcstack_started", False):
+            task.cancel()
+            self._cancelled.add(task)
+        else:
+            stream._grpcstack_reset_early = True  # type: ignore[attr-defined]
+
 
 class GrpcServer(grpclib.server.Server):
     """grpclib Server with stream limits, a message size limit, tracking and drain support."""
@@ -385,6 +398,7 @@ async def handle_request(
     """grpclib's ``request_handler`` with drain rejection, a size limit, the per-call context,
     correct statuses for cancelled calls and one ``chain.finish`` per call."""
     call: CallContext | None = None
+    h2_stream._grpcstack_started = True  # type: ignore[attr-defined]
     try:
         headers_map = dict(headers)
         if headers_map.get(":method") != "POST":
@@ -462,6 +476,8 @@ async def handle_request(
                         user_agent=user_agent,
                         peer=stream.peer,
                     )
+                    if getattr(h2_stream, "_grpcstack_reset_early", False):
+                        raise StreamTerminatedError("Stream reset before it was served")
                     await method_func(stream)
             except GRPCError:
                 raise

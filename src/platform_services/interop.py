@@ -37,8 +37,11 @@ from grpcstack import AsyncBaseServer, ServerSettings
 from grpcstack.context import CallContext, current_call, set_response_compression
 from grpcstack.middleware import AuthMiddleware, Middleware, all_but, services
 
-INTEROP_SERVICES = ("grpc.testing.TestService", "grpc.testing.UnimplementedService",
-                    "grpc.testing.ReconnectService")
+INTEROP_SERVICES = (
+    "grpc.testing.TestService",
+    "grpc.testing.UnimplementedService",
+    "grpc.testing.ReconnectService",
+)
 ECHO_INITIAL = "x-grpc-test-echo-initial"
 ECHO_TRAILING = "x-grpc-test-echo-trailing-bin"
 MAX_PAYLOAD = 4 * 1024 * 1024

@@ -525,10 +525,10 @@ class _Compiler:
                     tail.append(f"        {member} = None")
         if _plain_dataclass(cls):
             # what the dataclass __init__ + __post_init__ would leave, without running them
-            items = ", ".join(f"'{kw.split('=', 1)[0]}': {kw.split('=', 1)[1]}" for kw in kwargs)
+            items = "".join(f"'{kw.split('=', 1)[0]}': {kw.split('=', 1)[1]}, " for kw in kwargs)
             tail += [
                 f"    m = _new({klass})",
-                f"    m.__dict__ = {{{items}, '_unknown_fields': _unk or b''}}",
+                f"    m.__dict__ = {{{items}'_unknown_fields': _unk or b''}}",
                 "    return m",
             ]
         else:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("grpcstack.middleware")
 
+DEADLINE_SLACK_SECONDS = 0.01
+
 _Hooks = tuple[tuple[int, Any, bool, bool], ...]  # (position, hook, trusted, is_async)
 
 
@@ -123,7 +125,7 @@ class MiddlewareChain:
         call = _current.get()
         if call is None:
             return
-        call.status = Status.CANCELLED if call.peer_cancelled else event.status
+        call.status = _cancelled_status(call) if call.peer_cancelled else event.status
         call.status_message = event.status_message
         hooks = self._plans.get(call.method, _EMPTY).trailers
         if hooks:
@@ -155,7 +157,7 @@ class MiddlewareChain:
         """Close the books of a call: exactly once, from the call task's last step."""
         if call.peer_cancelled or call.status is None:
             # no trailers reached the client: cancelled by it, or its connection was lost
-            call.status = Status.CANCELLED
+            call.status = _cancelled_status(call)
         hooks = self._plans.get(call.method, _EMPTY).done
         if not hooks:
             return
@@ -167,6 +169,15 @@ class MiddlewareChain:
                     hook(call)
                 except Exception:
                     log.exception("middleware failed in on_done for %s", call.method)
+
+
+def _cancelled_status(call: CallContext) -> Status:
+    """A client that resets the stream at its deadline gave up on the deadline. The server's copy
+    of the deadline starts a little later (transit), hence the slack."""
+    deadline = call.deadline
+    if deadline is not None and deadline.time_remaining() <= DEADLINE_SLACK_SECONDS:
+        return Status.DEADLINE_EXCEEDED
+    return Status.CANCELLED
 
 
 class _WrappedService:
