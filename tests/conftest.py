@@ -1,27 +1,17 @@
 from __future__ import annotations
 
-import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from grpclib.client import Channel
 
-from grpcstack import AsyncBaseServer, ServerSettings
+from grpcstack import ServerSettings
+from grpcstack.testing import bound_socket, channel  # noqa: F401 - re-exported for the tests
+from grpcstack.testing import serve as running  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def bound_socket(host: str = "127.0.0.1") -> socket.socket:
-    """A listening-ready socket on an ephemeral port (IPPROTO_TCP, or asyncio skips NODELAY)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    return sock
 
 
 def settings(**overrides: Any) -> ServerSettings:
@@ -33,31 +23,6 @@ def settings(**overrides: Any) -> ServerSettings:
     }
     base.update(overrides)
     return ServerSettings(_env_file=None, **base)  # type: ignore[call-arg]
-
-
-@asynccontextmanager
-async def running(server: AsyncBaseServer, grace: float = 1.0) -> AsyncIterator[AsyncBaseServer]:
-    """Start ``server`` on an ephemeral port; always stop it."""
-    await server.start(sock=bound_socket())
-    try:
-        yield server
-    finally:
-        if server.grpc_server is not None:
-            await server.stop(grace)
-
-
-@asynccontextmanager
-async def channel(server: AsyncBaseServer) -> AsyncIterator[Channel]:
-    ch = Channel("127.0.0.1", server.port)
-    try:
-        yield ch
-    finally:
-        ch.close()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(scope="session")
