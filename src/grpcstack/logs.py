@@ -21,10 +21,19 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.interval = interval
         self._scheduled = False
+        self.raw = False  # set by setFormatter for a plain "%(message)s" format
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        self.raw = fmt is not None and fmt._fmt == "%(message)s" and type(fmt) is logging.Formatter
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            if self.raw and not record.args and not record.exc_info:
+                line = record.msg  # "%(message)s" of a finished line: nothing to format
+            else:
+                line = self.format(record)
+            self.stream.write(line + self.terminator)
         except Exception:
             self.handleError(record)
             return

@@ -45,6 +45,7 @@ def level_for(status: Status) -> int:
 
 _LEVELS = {status: level_for(status) for status in Status}
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error"}
+_LOGGING_NAMES = {level: logging.getLevelName(level) for level in _LEVEL_NAMES}
 
 
 def _q(value: str | None) -> str:
@@ -72,7 +73,7 @@ class _RecordFactory:
         now = time.time()
         d["msg"] = line
         d["levelno"] = level
-        d["levelname"] = logging.getLevelName(level)
+        d["levelname"] = _LOGGING_NAMES[level]
         d["created"] = now
         d["msecs"] = (now - int(now)) * 1000
         d["relativeCreated"] = (now - self._start) * 1000
