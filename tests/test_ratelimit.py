@@ -4,14 +4,12 @@ failure and recovery, and one global limit across two server processes."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 from typing import Any
 
 import pytest
 from calls import call
-from conftest import ROOT, running, settings
+from cli_process import start_cli
+from conftest import running, settings
 from grpclib.const import Status
 from redis.asyncio import Redis
 
@@ -117,29 +115,6 @@ async def test_server_keeps_serving_while_redis_is_down(redis_process: Any) -> N
         redis_process.start()
 
 
-async def start_cli_server(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, int]:
-    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "grpcstack.cli",
-        "serve",
-        "platform_services.echo:EchoServer",
-        "--port",
-        "0",
-        stderr=asyncio.subprocess.PIPE,
-        env=full,
-        cwd=str(ROOT / "tests"),
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "server exited"
-            if m := re.search(r"on port (\d+)", line):
-                return proc, int(m.group(1))
-
-
 async def test_two_processes_share_one_global_limit(redis_process: Any) -> None:
     env = {
         "REDIS_URL": redis_process.url,
@@ -148,7 +123,7 @@ async def test_two_processes_share_one_global_limit(redis_process: Any) -> None:
         "GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS": "10",
         "GRPC_SERVER_HOST": "127.0.0.1",
     }
-    procs = [await start_cli_server(env) for _ in range(2)]
+    procs = [await start_cli(env=env) for _ in range(2)]
     try:
         outs = []
         for i in range(30):

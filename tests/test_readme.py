@@ -6,9 +6,9 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
+from cli_process import start_cli
 from conftest import ROOT
 from grpclib.client import Channel
 
@@ -30,25 +30,13 @@ def test_example_is_short() -> None:
 
 async def test_example_serves_and_stops(tmp_path: Path) -> None:
     (tmp_path / "my_server.py").write_text(readme_example())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "grpcstack.cli",
-        "serve",
+    proc, port = await start_cli(
         "my_server:EchoServer",
-        "--port",
-        "0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
         cwd=str(tmp_path),
+        env={"GRPC_ENABLE_AUTH": "true", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])},
     )
     try:
-        assert proc.stderr is not None
-        async with asyncio.timeout(30):
-            while not (m := re.search(rb"on port (\d+)", await proc.stderr.readline())):
-                pass
-        ch = Channel("127.0.0.1", int(m.group(1)))
+        ch = Channel("127.0.0.1", port)
         reply = await EchoServiceStub(ch).echo(
             EchoRequest(message="hi"), metadata={"user-id": "demo"}
         )

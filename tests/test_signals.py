@@ -4,8 +4,6 @@ on every supported Python (grpclib's wait_closed() hangs on >= 3.12 without the 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cli_process import start_cli
 from conftest import ROOT
 from grpclib.client import Channel
 
@@ -63,39 +62,12 @@ def find_python(version: str) -> str | None:
     return None
 
 
-async def start_cli(python: str, *extra: str) -> tuple[asyncio.subprocess.Process, int]:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), str(ROOT / "tests")])
-    )
-    env.pop("GRPC_SERVER_PORT", None)
-    env["GRPC_ENABLE_AUTH"] = "false"
-    proc = await asyncio.create_subprocess_exec(
-        python,
-        "-m",
-        "grpcstack.cli",
-        "serve",
-        "platform_services.echo:EchoServer",
-        "--port",
-        "0",
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=str(ROOT / "tests"),
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "server exited before serving"
-            found = re.search(r"on port (\d+)", line)
-            if found:
-                return proc, int(found.group(1))
-
-
 @pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
 async def test_sigterm_with_idle_clients_exits_zero(version: str) -> None:
     python = await asyncio.to_thread(interpreter, version)
-    proc, port = await start_cli(python, "--reload-free")
+    proc, port = await start_cli(
+        "platform_services.echo:EchoServer", "--reload-free", python=python
+    )
     try:
         grpclib_channel = Channel("127.0.0.1", port)
         reply = await EchoServiceStub(grpclib_channel).echo(EchoRequest(message="idle"))
@@ -115,7 +87,7 @@ async def test_sigterm_with_idle_clients_exits_zero(version: str) -> None:
 
 
 async def test_second_signal_exits_at_once() -> None:
-    proc, port = await start_cli(sys.executable)
+    proc, port = await start_cli()
     try:
         env_grace = 60  # the default grace is 10 s; the in-flight call sleeps longer
         ch = Channel("127.0.0.1", port)
