@@ -1,9 +1,9 @@
 """Helpers for tests of services built on grpcstack (pytest-asyncio or plain asyncio)::
 
-    async def test_my_service():
-        async with serve(MyServer(MySettings(GRPC_ENABLE_AUTH=False))) as server:
-            async with channel(server) as ch:
-                reply = await MyServiceStub(ch).get_thing(GetThingRequest(id="1"))
+async def test_my_service():
+    async with serve(MyServer(MySettings(GRPC_ENABLE_AUTH=False))) as server:
+        async with channel(server) as ch:
+            reply = await MyServiceStub(ch).get_thing(GetThingRequest(id="1"))
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ async def serve(server: AsyncBaseServer, *, grace: float = 1.0) -> AsyncIterator
 
 def make_channel(host: str, port: int, **kwargs: object) -> Channel:
     """A grpclib Channel with the stack's codec (and rich error details kept)."""
-    return Channel(host, port, codec=StackCodec(), status_details_codec=ProtoStatusDetailsCodec(),
-                   **kwargs)  # type: ignore[arg-type]
+    return Channel(
+        host, port, codec=StackCodec(), status_details_codec=ProtoStatusDetailsCodec(), **kwargs
+    )  # type: ignore[arg-type]
 
 
 @asynccontextmanager

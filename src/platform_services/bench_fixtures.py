@@ -1,14 +1,18 @@
 """Benchmark fixtures: messages of realistic shape, and a server answering with a canned one.
 
 ``CannedOcrServer`` is NOT an OCR engine: it answers ExtractText with a fixed 50-box response so
-that `make bench-codec` measures the wire codec, nothing else. With BENCH_CACHED=true its answers
-go through @cached (served as stored bytes after the first call).
+that `make bench-codec` measures the wire codec, nothing else. BENCH_MODE picks the handler:
+``message`` (a betterproto2 message, encoded per call), ``cached`` (through @cached: stored bytes
+after the first call), ``upb`` (protobuf's C messages end to end: the reference).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from google.protobuf import message_factory
+from grpclib.const import Cardinality, Handler
 
 from gen.common.v1 import BoundingBox, ErrorInfo, Metadata, Status
 from gen.echo.v1 import EchoResponse
@@ -65,7 +69,26 @@ class _CachedCanned(OcrServiceBase):
         return CANNED
 
 
+class _UpbCanned:
+    """ExtractText with protobuf (upb) message classes built from the same descriptors."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        request_cls = message_factory.GetMessageClass(OcrRequest.DESCRIPTOR)
+        reply_cls = message_factory.GetMessageClass(OcrResponse.DESCRIPTOR)
+        canned = reply_cls.FromString(bytes(CANNED))
+
+        async def extract_text(stream: Any) -> None:
+            await stream.recv_message()
+            await stream.send_message(canned)
+
+        return {
+            "/ocr.v1.OCRService/ExtractText": Handler(
+                extract_text, Cardinality.UNARY_UNARY, request_cls, reply_cls
+            )
+        }
+
+
 class CannedOcrServer(AsyncBaseServer):
     def services(self) -> list[Any]:
-        cached_mode = os.environ.get("BENCH_CACHED", "false").lower() == "true"
-        return [_CachedCanned() if cached_mode else _Canned()]
+        mode = os.environ.get("BENCH_MODE", "message")
+        return [{"message": _Canned, "cached": _CachedCanned, "upb": _UpbCanned}[mode]()]

@@ -2,8 +2,8 @@
 
 Micro: serialize, parse and round trip ops/s for each route on each fixture message, the routes
 interleaved within every round. RPC: a server answering with a fixed large response, served with
-GRPC_CODEC=betterproto2, with the plan, and with the plan plus @cached (stored bytes), driven by
-h2load (a non-decoding client) at 8 in flight on another core.
+GRPC_CODEC=betterproto2, with the plan, with the plan plus @cached (stored bytes), and with upb
+messages (the reference), driven by h2load (a non-decoding client) at 8 in flight on another core.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def rpc(
     variants = {
         "betterproto2": {"GRPC_CODEC": "betterproto2"},
         "plan": {"GRPC_CODEC": "plan"},
-        "plan + cached bytes": {"GRPC_CODEC": "plan", "BENCH_CACHED": "true"},
+        "plan + cached bytes": {"GRPC_CODEC": "plan", "BENCH_MODE": "cached"},
+        "upb messages": {"BENCH_MODE": "upb"},
     }
     off = {
         k: "false" for k in ("GRPC_ENABLE_AUTH", "GRPC_ENABLE_RATE_LIMITING", "GRPC_ENABLE_LOGGING")
@@ -107,8 +108,11 @@ def rpc(
             server.stop()
         client.close()
     medians = {name: statistics.median(v) for name, v in results.items()}
-    base = medians["betterproto2"]
-    return {name: {"rps": rps, "x_betterproto2": rps / base} for name, rps in medians.items()}
+    base, upb = medians["betterproto2"], medians["upb messages"]
+    return {
+        name: {"rps": rps, "x_betterproto2": rps / base, "x_upb": rps / upb}
+        for name, rps in medians.items()
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -126,5 +130,8 @@ def report(result: dict[str, Any]) -> str:
     if result.get("rpc"):
         lines.append("unary RPC with the large response, 8 in flight (h2load, req/s)")
         for name, row in result["rpc"].items():
-            lines.append(f"    {name:<22} {row['rps']:>8.0f}  x{row['x_betterproto2']:.2f}")
+            lines.append(
+                f"    {name:<22} {row['rps']:>8.0f}  x{row['x_betterproto2']:.2f} "
+                f"of betterproto2, x{row['x_upb']:.2f} of upb"
+            )
     return "\n".join(lines) + "\n" + json.dumps(result)

@@ -15,18 +15,48 @@ from urllib.parse import quote
 from google.protobuf import message_factory
 from google.protobuf.message import Message as ProtobufMessage
 
-_UPB: dict[type, Any] = {}
+from ..codec import Unsupported, plan
+
+_UPB: dict[type, Any] = {}  # class -> upb class, or None when it has no maps
+_MISSING = object()
 _SAFE = "-._~@+=,"  # everything else, ':' and glob characters included, is percent-encoded
 
 
+def _has_maps(descriptor: Any, seen: set[str] | None = None) -> bool:
+    seen = set() if seen is None else seen
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    for field in descriptor.fields:
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry or _has_maps(field.message_type, seen):
+            return True
+    return False
+
+
+def _encode(message: Any) -> bytes:
+    try:
+        return plan.encoder(type(message))(message)
+    except Unsupported:
+        return bytes(message)
+
+
 def canonical_bytes(message: Any) -> bytes:
+    """Wire bytes that equal messages share. Without maps anywhere in the message, the
+    field-ordered encoding already is canonical; with maps, upb re-encodes deterministically."""
     cls = type(message)
     if isinstance(message, ProtobufMessage):  # already a protobuf (upb) message
         return message.SerializeToString(deterministic=True)
-    upb = _UPB.get(cls)
+    upb = _UPB.get(cls, _MISSING)
+    if upb is _MISSING:
+        descriptor = cls.DESCRIPTOR
+        upb = _UPB[cls] = (
+            message_factory.GetMessageClass(descriptor) if _has_maps(descriptor) else None
+        )
     if upb is None:
-        upb = _UPB[cls] = message_factory.GetMessageClass(cls.DESCRIPTOR)
-    return upb.FromString(bytes(message)).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+        return _encode(message)
+    return upb.FromString(_encode(message)).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
 def key_part(value: str) -> str:
