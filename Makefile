@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec interop-server
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ protos: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/grpcstack serve platform_services.server:PlatformServer
+
+# grpc.testing.TestService for any implementation's interop client (INTEROP_PORT, default 10000)
+INTEROP_PORT ?= 10000
+interop-server: $(STAMP)
+	$(BIN)/grpcstack serve platform_services.interop:InteropServer --port $(INTEROP_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -223,6 +223,8 @@ def test_codec_passthrough_fallback_and_type_errors() -> None:
     assert codec.encode(un, Unplanned) == bytes(un)
     assert codec.decode(bytes(un), Unplanned) == un
     assert Unplanned in codec.fallbacks
+    assert codec.fallback_counter.labels("encode", "Unplanned")._value.get() == 1
+    assert codec.fallback_counter.labels("decode", "Unplanned")._value.get() == 1
     # grpclib's own protobuf messages (health, reflection) still work
     from grpclib.health.v1.health_pb2 import HealthCheckResponse
 

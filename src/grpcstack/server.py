@@ -189,7 +189,7 @@ class AsyncBaseServer:
             # grpclib binds its Server to the running loop: build it here, not in __init__.
             self.grpc_server = GrpcServer(
                 self.chain.wrap_services(handlers),
-                codec=StackCodec(s.GRPC_CODEC),
+                codec=StackCodec(s.GRPC_CODEC, self.metrics_registry),
                 # a custom codec silently drops rich error details unless this is passed too
                 status_details_codec=ProtoStatusDetailsCodec(),
                 config=self._grpclib_config(),

@@ -18,6 +18,7 @@ from typing import Any
 import betterproto2
 from google.protobuf.message import Message as ProtobufMessage
 from grpclib.encoding.base import CodecBase
+from prometheus_client import CollectorRegistry, Counter
 
 from . import plan
 from .plan import DecodeError, Unsupported
@@ -36,10 +37,17 @@ class PreEncoded(bytes):
 class StackCodec(CodecBase):
     __content_subtype__ = "proto"
 
-    def __init__(self, mode: str = "plan") -> None:
+    def __init__(self, mode: str = "plan", registry: CollectorRegistry | None = None) -> None:
         if mode not in ("plan", "betterproto2"):
             raise ValueError(f"unknown codec mode {mode!r}")
         self.mode = mode
+        #: messages encoded/decoded by betterproto2 because the plan does not cover their class
+        self.fallback_counter = Counter(
+            "grpcstack_codec_fallback_total",
+            "Messages the plan codec handed to betterproto2 (shapes it does not compile).",
+            ("direction", "message"),
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
         self._encoders: dict[type, Callable[[Any], bytes]] = {}
         self._decoders: dict[type, Callable[[bytes], Any]] = {}
         #: classes served by betterproto2 because the plan does not cover them
@@ -53,6 +61,13 @@ class StackCodec(CodecBase):
                 return plan.encoder(cls)
             except Unsupported as exc:
                 self._fallback(cls, exc)
+                counted = self.fallback_counter.labels("encode", cls.__name__)
+
+                def encode(message: Any) -> bytes:
+                    counted.inc()
+                    return bytes(message)
+
+                return encode
         return bytes
 
     def _decoder_for(self, cls: type) -> Callable[[bytes], Any]:
@@ -63,6 +78,13 @@ class StackCodec(CodecBase):
                 return plan.decoder(cls)
             except Unsupported as exc:
                 self._fallback(cls, exc)
+                counted = self.fallback_counter.labels("decode", cls.__name__)
+
+                def decode(data: bytes) -> Any:
+                    counted.inc()
+                    return cls.parse(data)  # type: ignore[attr-defined]
+
+                return decode
         return cls.parse  # type: ignore[attr-defined,no-any-return]
 
     def _fallback(self, cls: type, exc: Exception) -> None:
