@@ -46,6 +46,18 @@ def test_private_hooks_exist() -> None:
             grpclib.server.Stream.__init__
         ), name
     assert callable(grpclib.protocol._set_nodelay)
+    assert callable(grpclib.server.Handler.cancel)
+    for name in ("_send_initial_metadata_done", "_send_message_done", "_messages_sent"):
+        assert hasattr(grpclib.server.Stream, name), name
+    # the HPACK encoder hook (hpack comes with h2)
+    import hpack
+
+    assert list(inspect.signature(hpack.Encoder._encode_literal).parameters)[1:] == [
+        "name",
+        "value",
+        "indexbit",
+        "huffman",
+    ]
     assert {"cancelled", "cancel_failed"} <= set(vars(grpclib.utils.Wrapper))
 
 

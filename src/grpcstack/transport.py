@@ -1,16 +1,19 @@
 """The grpclib server as grpcstack runs it: the one module that touches grpclib internals.
 
 grpclib 0.4.9 (pinned in pyproject.toml) lacks what a production server needs, so this module
-replaces three private pieces and nothing else:
+replaces these private pieces and nothing else (it is longer than our other modules for that
+reason: every grpclib internal we depend on is here, in one place):
 
 * ``Server._protocol_factory``: our protocol advertises MAX_CONCURRENT_STREAMS and the window
   sizes in the first SETTINGS frame, coalesces the frames written while handling one read into
-  one ``transport.write`` (a unary response is one TCP segment, not three), and is tracked so
-  that a stop can send GOAWAY to every connection.
-* ``Handler.accept``: request tasks run our ``handle_request`` (a copy of grpclib's
-  ``request_handler``) and are tracked for a drain-style stop.
-* ``Stream.recv_message``: the 5-byte length prefix is checked against the max message length
-  BEFORE the body is read, so an oversized message is never buffered beyond the HTTP/2 window.
+  one ``transport.write`` (a unary response is one TCP segment, not three), sends correlation ids
+  as plain never-indexed HPACK literals, and is tracked so that a stop can GOAWAY every connection.
+* ``Handler.accept``/``cancel``: request tasks run our ``handle_request`` (a copy of grpclib's
+  ``request_handler`` with the per-call context, drain rejection and correct statuses for
+  cancelled calls), are tracked for a drain-style stop, and are never lost when reset early.
+* ``Stream.recv_message``/``send_message``/``send_initial_metadata``: the 5-byte length prefix
+  is checked against the max message length BEFORE the body is read (so an oversized message is
+  never buffered beyond the HTTP/2 window), and gzip message compression, which grpclib lacks.
 
 ``tests/test_transport.py`` fails loudly when a grpclib upgrade moves any of these.
 """
