@@ -128,3 +128,14 @@ async def test_deadline_exceeded_in_handler(pb2) -> None:
         await asyncio.sleep(0.1)
         assert server.echo.finished == 0  # the handlers were cancelled at the deadline
         assert not server.grpc_server.inflight
+
+
+async def test_oversized_response_is_resource_exhausted(pb2) -> None:
+    server = EchoServer(settings(GRPC_MAX_SEND_MESSAGE_LENGTH=1000))
+    async with running(server), channel(server) as ch:
+        # Echo answers with the request's text: 2000 bytes, over the 1000-byte send limit
+        with pytest.raises(GRPCError) as err:
+            await EchoServiceStub(ch).echo(EchoRequest(message="x" * 2000))
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert "Sent message larger than max" in (err.value.message or "")
+        assert (await EchoServiceStub(ch).echo(EchoRequest(message="small"))).message == "small"

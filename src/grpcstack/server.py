@@ -195,6 +195,7 @@ class AsyncBaseServer:
                 config=self._grpclib_config(),
                 max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
                 max_receive_message_length=s.GRPC_MAX_MESSAGE_LENGTH,
+                max_send_message_length=s.GRPC_MAX_SEND_MESSAGE_LENGTH or s.GRPC_MAX_MESSAGE_LENGTH,
                 compress_by_default=s.GRPC_COMPRESSION == "gzip",
             )
             self.chain.attach(self.grpc_server)

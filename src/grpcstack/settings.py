@@ -71,6 +71,7 @@ class ServerSettings(BaseSettings):
     GRPC_KEEPALIVE_PERMIT_WITHOUT_CALLS: bool = False
     GRPC_MAX_CONCURRENT_STREAMS: PositiveInt = 100
     GRPC_MAX_MESSAGE_LENGTH: PositiveInt = 10 * 1024 * 1024
+    GRPC_MAX_SEND_MESSAGE_LENGTH: PositiveInt | None = None  # default: GRPC_MAX_MESSAGE_LENGTH
     GRPC_HTTP2_CONNECTION_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
     GRPC_HTTP2_STREAM_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
 

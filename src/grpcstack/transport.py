@@ -187,6 +187,7 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
     message compression, and counts messages for the call's metrics."""
 
     max_receive_length: int = 4 * 1024 * 1024
+    max_send_length: int = 2**31 - 1
     call: CallContext
     request_encoding: str = IDENTITY
     accepts_gzip = False  # the client listed gzip in grpc-accept-encoding
@@ -261,6 +262,17 @@ class LimitedStream(grpclib.server.Stream):  # type: ignore[type-arg]
             raise ProtocolError("Message was already sent")
         (message,) = await self._dispatch.send_message(message)
         data = self._codec.encode(message, self._send_type)
+        if len(data) > self.max_send_length:
+            log.error(
+                "%s: response of %d bytes is over the max message length %d",
+                self._method_name,
+                len(data),
+                self.max_send_length,
+            )
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(data)} vs. {self.max_send_length})",
+            )
         compress = False
         if self.accepts_gzip:
             wanted = self.call.compress_response
@@ -321,11 +333,13 @@ class GrpcServer(grpclib.server.Server):
         *,
         max_concurrent_streams: int = 100,
         max_receive_message_length: int = 4 * 1024 * 1024,
+        max_send_message_length: int = 2**31 - 1,
         compress_by_default: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(handlers, **kwargs)
         self.compress_by_default = compress_by_default
+        self.max_send_message_length = max_send_message_length
         self.max_concurrent_streams = max_concurrent_streams
         self.max_receive_message_length = max_receive_message_length
         self._protocols: weakref.WeakSet[StackProtocol] = weakref.WeakSet()
@@ -452,6 +466,7 @@ async def handle_request(
             user_agent=user_agent,
         ) as stream:
             stream.max_receive_length = server.max_receive_message_length
+            stream.max_send_length = server.max_send_message_length
             stream.request_encoding = encoding
             if accept_header is not None:
                 stream.compression_aware = True
