@@ -16,6 +16,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase
 from grpcstack import AsyncBaseServer
 from grpcstack.cache import cached
+from grpcstack.context import current_call
 from grpcstack.middleware import RateLimitMiddleware
 from grpcstack.ratelimit import RedisLimiter
 
@@ -179,3 +180,43 @@ async def test_motor_driver_behind_the_same_interface(mongo_process: Any) -> Non
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="m"))
         assert out.status is Status.OK and out.responses[0].message == "motor value"
         assert await server.resources.mongo_ready()
+
+
+class PerUserKv(KvService):
+    @cached(ttl=60, per_user=True)
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=f"{message.message} for {current_call().user_id}")
+
+
+class PerUserServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = PerUserKv(None)
+        return [self.kv]
+
+
+async def test_invalidation_helpers_and_per_user_keys() -> None:
+    server = PerUserServer(settings(GRPC_ENABLE_AUTH=True))
+    async with running(server):
+        alice, bob = {"user-id": "alice"}, {"user-id": "bob"}
+        a1 = await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=alice)
+        b1 = await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
+        assert (a1.responses[0].message, b1.responses[0].message) == ("k for alice", "k for bob")
+        assert server.kv.loads == 2  # one entry per user: bob never sees alice's answer
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=alice)
+        assert server.kv.loads == 2
+        assert server.cache is not None
+        await server.cache.invalidate_request(
+            "/echo.v1.EchoService/Echo", EchoRequest(message="k"), user_id="alice"
+        )
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=alice)
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
+        assert server.kv.loads == 3  # only alice's entry was dropped
+        deleted = await server.cache.invalidate_method("/echo.v1.EchoService/Echo")
+        assert deleted == {"l1": 2}
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
+        assert server.kv.loads == 4
+        anonymous = await call(
+            "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": "x"}
+        )
+        assert anonymous.status is Status.OK
