@@ -139,3 +139,61 @@ async def test_oversized_response_is_resource_exhausted(pb2) -> None:
         assert err.value.status is Status.RESOURCE_EXHAUSTED
         assert "Sent message larger than max" in (err.value.message or "")
         assert (await EchoServiceStub(ch).echo(EchoRequest(message="small"))).message == "small"
+
+
+async def raw_h2(port: int, headers: list[tuple[str, str]], body: bytes = b"") -> dict[str, str]:
+    """One request on a raw h2 connection; returns the response (and trailer) headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection()
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=not body)
+    if body:
+        conn.send_data(1, body, end_stream=True)
+    writer.write(conn.data_to_send())
+    seen: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                data = await reader.read(65536)
+                assert data, "connection closed"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        seen.update({k.decode(): v.decode() for k, v in event.headers})
+                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        return seen
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("override", "http_status", "grpc_status"),
+    [
+        ({"grpc-timeout": "soon"}, "200", Status.INVALID_ARGUMENT),
+        ({"content-type": "application/json"}, "415", Status.UNKNOWN),
+        ({":method": "GET"}, "405", Status.UNKNOWN),
+        ({":path": "/echo.v1.EchoService/Nope"}, "200", Status.UNIMPLEMENTED),
+        ({"grpc-encoding": "snappy"}, "200", Status.UNIMPLEMENTED),
+    ],
+    ids=["bad-timeout", "not-grpc", "get", "unknown-method", "unknown-encoding"],
+)
+async def test_malformed_requests_get_a_status_not_a_hang(
+    override: dict[str, str], http_status: str, grpc_status: Status
+) -> None:
+    server = EchoServer(settings())
+    headers = {
+        ":method": "POST",
+        ":scheme": "http",
+        ":authority": "x",
+        ":path": "/echo.v1.EchoService/Echo",
+        "content-type": "application/grpc",
+        "te": "trailers",
+    }
+    headers.update(override)
+    async with running(server):
+        seen = await raw_h2(server.port, list(headers.items()), b"\x00\x00\x00\x00\x00")
+        assert seen[":status"] == http_status
+        assert seen["grpc-status"] == str(grpc_status.value)
+        assert server.echo.finished == 0
+        if override.get("grpc-encoding"):
+            assert seen["grpc-accept-encoding"] == "gzip,identity"
