@@ -1,0 +1,93 @@
+// Interop cases with Node's @grpc/grpc-js, an HTTP/2 stack independent of Python's.
+// Usage: node node_interop_client.js <protos dir> <port>; prints one JSON object of results.
+"use strict";
+const grpc = require("@grpc/grpc-js");
+const loader = require("@grpc/proto-loader");
+
+const [protos, port] = process.argv.slice(2);
+const def = loader.loadSync("grpc/testing/test.proto", {
+  includeDirs: [protos], keepCase: true, longs: Number, defaults: true,
+});
+const testing = grpc.loadPackageDefinition(def).grpc.testing;
+const target = `127.0.0.1:${port}`;
+const plain = new testing.TestService(target, grpc.credentials.createInsecure());
+const gzip = new testing.TestService(target, grpc.credentials.createInsecure(),
+  { "grpc.default_compression_algorithm": 2 });  // 2 = gzip
+const unimplemented = new testing.UnimplementedService(target, grpc.credentials.createInsecure());
+const zeros = (n) => Buffer.alloc(n);
+
+function unary(client, method, request, metadata) {
+  return new Promise((resolve) => {
+    const call = client[method](request, metadata || new grpc.Metadata(), (err, reply) => {
+      resolve({ err, reply, call });
+    });
+    call.on("metadata", (md) => { call.initial = md; });
+    call.on("status", (st) => { call.trailing = st.metadata; });
+  });
+}
+
+function serverStream(client, method, request) {
+  return new Promise((resolve) => {
+    const replies = [];
+    const call = client[method](request);
+    call.on("data", (r) => replies.push(r));
+    call.on("status", (st) => resolve({ replies, code: st.code, details: st.details }));
+    call.on("error", () => {});
+  });
+}
+
+async function main() {
+  const out = {};
+  const big = { response_size: 314159, payload: { body: zeros(271828) } };
+
+  let r = await unary(plain, "EmptyCall", {});
+  out.empty_unary = !r.err;
+
+  r = await unary(plain, "UnaryCall", big);
+  out.large_unary = !r.err && r.reply.payload.body.length === 314159;
+
+  r = await unary(gzip, "UnaryCall", { ...big, expect_compressed: { value: true } });
+  out.client_compressed_unary = !r.err && r.reply.payload.body.length === 314159;
+
+  r = await unary(plain, "UnaryCall", { ...big, expect_compressed: { value: true } });
+  out.compression_probe_rejected = r.err && r.err.code === grpc.status.INVALID_ARGUMENT;
+
+  r = await unary(plain, "UnaryCall", { ...big, response_compressed: { value: true } });
+  out.server_compressed_unary = !r.err && r.reply.payload.body.length === 314159;
+
+  const sizes = [31415, 9, 2653, 58979];
+  const s = await serverStream(plain, "StreamingOutputCall",
+    { response_parameters: sizes.map((size) => ({ size })) });
+  out.server_streaming = s.code === 0 && s.replies.map((x) => x.payload.body.length).join() === sizes.join();
+
+  const md = new grpc.Metadata();
+  md.set("x-grpc-test-echo-initial", "test_initial_metadata_value");
+  md.set("x-grpc-test-echo-trailing-bin", Buffer.from([0xab, 0xab, 0xab]));
+  r = await unary(plain, "UnaryCall", big, md);
+  await new Promise((res) => setTimeout(res, 50));
+  out.custom_metadata = !r.err
+    && r.call.initial.get("x-grpc-test-echo-initial")[0] === "test_initial_metadata_value"
+    && Buffer.compare(r.call.trailing.get("x-grpc-test-echo-trailing-bin")[0],
+                      Buffer.from([0xab, 0xab, 0xab])) === 0;
+
+  const special = "\t\ntest with whitespace\r\nand Unicode BMP \u263a and non-BMP \u{1F608}\t\n";
+  r = await unary(plain, "UnaryCall", { response_status: { code: 2, message: special } });
+  out.special_status_message = r.err && r.err.code === 2 && r.err.details === special;
+
+  r = await unary(unimplemented, "UnimplementedCall", {});
+  out.unimplemented_service = r.err && r.err.code === grpc.status.UNIMPLEMENTED;
+
+  const deadline = new Date(Date.now() + 1);
+  const timed = await new Promise((resolve) => {
+    const call = plain.FullDuplexCall({ deadline });
+    call.on("status", (st) => resolve(st.code));
+    call.on("error", () => {});
+    call.write({ payload: { body: zeros(27182) } });
+  });
+  out.timeout_on_sleeping_server = timed === grpc.status.DEADLINE_EXCEEDED;
+
+  console.log(JSON.stringify(out));
+  for (const c of [plain, gzip, unimplemented]) c.close();
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
