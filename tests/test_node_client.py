@@ -24,19 +24,36 @@ def node_modules() -> None:
     if marker.exists() and marker.read_text() == " ".join(PACKAGES):
         return
     NODE_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix",
-                    str(NODE_DIR), *PACKAGES], check=True, timeout=600)
+    subprocess.run(
+        [
+            "npm",
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(NODE_DIR),
+            *PACKAGES,
+        ],
+        check=True,
+        timeout=600,
+    )
     marker.write_text(" ".join(PACKAGES))
 
 
 async def test_grpc_js_interop_cases() -> None:
     await asyncio.to_thread(node_modules)
-    server = InteropServer(InteropSettings(_env_file=None, GRPC_SERVER_HOST="127.0.0.1",
-                                           GRPC_SERVER_PORT=0))
+    server = InteropServer(
+        InteropSettings(_env_file=None, GRPC_SERVER_HOST="127.0.0.1", GRPC_SERVER_PORT=0)
+    )
     async with running(server):
         proc = await asyncio.create_subprocess_exec(
-            "node", str(ROOT / "tests" / "node_interop_client.js"), str(ROOT / "protos"),
-            str(server.port), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "node",
+            str(ROOT / "tests" / "node_interop_client.js"),
+            str(ROOT / "protos"),
+            str(server.port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env={"NODE_PATH": str(NODE_DIR / "node_modules"), "PATH": "/usr/bin:/bin"},
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)

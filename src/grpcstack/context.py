@@ -108,6 +108,11 @@ class CallContext:
         return GRPC_TYPES[self.cardinality]
 
     @property
+    def peer_host(self) -> str | None:
+        addr = self.peer.addr() if self.peer is not None else None
+        return str(addr[0]) if addr else None
+
+    @property
     def peer_address(self) -> str | None:
         addr = self.peer.addr() if self.peer is not None else None
         if not addr:

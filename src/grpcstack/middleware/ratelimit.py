@@ -47,7 +47,7 @@ class RateLimitMiddleware(Middleware):
         self.on_request = self._on_request_memory if memory else self._on_request_redis  # type: ignore[assignment]
 
     def _limits(self, call: CallContext) -> list[Limit]:
-        key = f"user:{call.user_id}" if call.user_id else f"peer:{_peer_host(call)}"
+        key = f"user:{call.user_id}" if call.user_id else f"peer:{call.peer_host or 'unknown'}"
         limit = self._user_limits.get(key)
         if limit is None:
             if len(self._user_limits) > 100_000:  # bounded cache of Limit objects
@@ -86,8 +86,3 @@ class RateLimitMiddleware(Middleware):
         retry_ms = call.extra.get(RETRY_AFTER_KEY)
         if retry_ms is not None:
             event.metadata[RETRY_AFTER_KEY] = str(retry_ms)
-
-
-def _peer_host(call: CallContext) -> str:
-    addr = call.peer.addr() if call.peer is not None else None
-    return str(addr[0]) if addr else "unknown"
