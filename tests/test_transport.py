@@ -15,12 +15,12 @@ import grpclib.utils
 from conftest import channel, running, settings
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
-from grpcstack import transport
+from grpcstack import _compat
 from platform_services.echo import EchoServer
 
 
 def test_grpclib_version_is_the_pinned_one() -> None:
-    assert grpclib.__version__ == transport.GRPCLIB_VERSION, (
+    assert grpclib.__version__ == _compat.GRPCLIB_VERSION, (
         "grpclib changed: re-check grpcstack/transport.py against the new request_handler, "
         "Handler, H2Protocol and Stream, then update GRPCLIB_VERSION and the pin"
     )

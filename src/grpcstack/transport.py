@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
     from .middleware.chain import MiddlewareChain
 
-GRPCLIB_VERSION = "0.4.9"
 
 log = logging.getLogger("grpcstack.transport")
 

@@ -1,0 +1,16 @@
+"""Every access grpcstack makes to a private part of grpclib or h2 lives in this module.
+
+grpclib 0.4.9 (pinned in pyproject.toml) lacks what a production server and client need, so the
+stack replaces a few of its private pieces. Keeping every such access here means a grpclib or h2
+upgrade is checked in one place; ``tests/test_transport.py`` fails loudly when one moves.
+
+Sections: server side (protocol, handler, stream), client side (channel, protocol, stream).
+"""
+
+from __future__ import annotations
+
+GRPCLIB_VERSION = "0.4.9"
+
+# --- server side --------------------------------------------------------------------------
+
+# --- client side --------------------------------------------------------------------------
