@@ -505,7 +505,10 @@ async def handle_request(
                 call.peer_cancelled = True  # the connection was lost
                 raise
             except TimeoutError:
-                if wrapper.cancelled or wrapper.cancel_failed:
+                # DeadlineWrapper.start raises at entry, before setting `cancelled`, when the
+                # deadline has already passed: that is DEADLINE_EXCEEDED too, not an app error
+                expired = deadline is not None and deadline.time_remaining() <= 0
+                if wrapper.cancelled or wrapper.cancel_failed or expired:
                     raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded") from None
                 log.exception("Application error in %s", method_name)
                 raise
