@@ -11,15 +11,6 @@ from gen.echo.v1 import EchoRequest
 from grpcstack.codec import plan
 
 
-def _best_of(n: int, fn: object) -> float:
-    best = float("inf")
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()  # type: ignore[operator]
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def test_ten_mib_of_unknown_fields_decodes_in_linear_time() -> None:
     """10 MiB of 1 KiB unknown fields: concatenating per field would copy ~50 GB."""
     field = b"\xfa\x01" + b"\x80\x08" + bytes(1024)  # field 31, length-delimited, 1 KiB
@@ -33,14 +24,14 @@ def test_ten_mib_of_unknown_fields_decodes_in_linear_time() -> None:
     assert bytes(message) == body  # re-emitted byte for byte
 
 
-def test_many_tiny_unknown_fields_scale_linearly() -> None:
-    """The issue's attack shape (two-byte unknown fields): 4x the body must cost ~4x, not 16x."""
+def test_many_tiny_unknown_fields_decode_in_linear_time() -> None:
+    """The issue's attack shape: 1 MiB of two-byte unknown fields (half a million of them).
+    Quadratic concatenation copies ~270 GB here; linear takes about a second."""
     decode = plan.decoder(EchoRequest)
-    small = b"\x78\x01" * 32_768
-    large = small * 4
-    assert decode(large)._unknown_fields == large
-    ratio = _best_of(3, lambda: decode(large)) / _best_of(3, lambda: decode(small))
-    assert ratio < 9, ratio  # linear: ~4; quadratic: ~16
+    body = b"\x78\x01" * (512 * 1024)
+    start = time.perf_counter()
+    assert decode(body)._unknown_fields == body
+    assert time.perf_counter() - start < 15
 
 
 def test_non_canonical_tags_of_unknown_fields_are_kept() -> None:
