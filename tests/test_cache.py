@@ -46,7 +46,7 @@ def test_keys_are_canonical_and_salted() -> None:
     assert request_key(method, a, schema="2") != request_key(method, a)
     assert request_key(method, a, extra=["u=alice"]) != request_key(method, a, extra=["u=bob"])
     key = request_key(method, a, extra=["u=a:b*"])
-    assert key.startswith("v1:ocr.v1.OCRService/ExtractText:u=a%3Ab%2A:")
+    assert key.startswith("v1:{ocr.v1.OCRService/ExtractText}:u=a%3Ab%2A:")
     assert key.count(":") == 3
 
 
@@ -80,12 +80,12 @@ async def test_promotion_from_l2_caps_ttl_by_remaining_life(resources: Resources
     hits = cache.metrics.child(cache.metrics.hits, "test", "", "l2")._value.get()
     assert hits == 1
     l1 = cache.tiers[0].cache
-    assert isinstance(l1, LRUMemoryCache) and l1.get_nowait("t:k") is not None
-    deadline = l1._data["t:k"][0]
+    assert isinstance(l1, LRUMemoryCache) and l1.get_nowait("t:k:g0") is not None
+    deadline = l1._data["t:k:g0"][0]
     assert deadline - time.monotonic() <= 1.0  # not L1's 300 s
     await asyncio.sleep(1.1)
     assert await cache.get("k") is None  # expired in both tiers
-    raw = await resources.redis(2).get("t:k")
+    raw = await resources.redis(2).get("t:k:g0")
     assert raw is None
 
 
@@ -210,7 +210,7 @@ async def test_duckdb_l3_file(tmp_path: Path) -> None:
         assert await cache.get("bars:0") == b"ohlcv" * 100
         hits = cache.metrics.child(cache.metrics.hits, "test", "", "l3")._value.get()
         assert hits == 1
-        raw = await l3.get("d:bars:0")
+        raw = await l3.get("d:bars:0:g0")
         assert unwrap(raw)[2] == b"ohlcv" * 100
         # L1 kept bars:11..19 (bars:10 was evicted when bars:0 was promoted)
         assert (await cache.invalidate("bars:1*")) == {"l3": 11, "l1": 9}

@@ -183,7 +183,7 @@ async def test_motor_driver_behind_the_same_interface(mongo_process: Any) -> Non
 
 
 class PerUserKv(KvService):
-    @cached(ttl=60, per_user=True)
+    @cached(ttl=60)
     async def echo(self, message: EchoRequest) -> EchoResponse:
         self.loads += 1
         return EchoResponse(message=f"{message.message} for {current_call().user_id}")
@@ -213,13 +213,47 @@ async def test_invalidation_helpers_and_per_user_keys() -> None:
         await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
         assert server.kv.loads == 3  # only alice's entry was dropped
         deleted = await server.cache.invalidate_method("/echo.v1.EchoService/Echo")
-        assert deleted == {"l1": 2}
+        assert deleted == {"generation": 1, "l1": 2}
         await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
         assert server.kv.loads == 4
-        anonymous = await call(
-            "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": "x"}
-        )
-        assert anonymous.status is Status.OK
+        anonymous = await call("grpclib", server.port, "Echo", EchoRequest(message="k"))
+        assert anonymous.status is Status.UNAUTHENTICATED  # auth refuses it before the cache
+
+
+async def test_anonymous_callers_share_one_scope_apart_from_users() -> None:
+    server = PerUserServer(settings())  # auth off: no call has a user id
+    async with running(server):
+        outs = [await call("grpclib", server.port, "Echo", EchoRequest(message="k")) for _ in "ab"]
+        assert [o.responses[0].message for o in outs] == ["k for None"] * 2
+        assert server.kv.loads == 1
+        assert server.cache is not None
+        await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="k"))
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"))
+        assert server.kv.loads == 2  # user_id=None named the anonymous entry
+
+
+class SharedKv(KvService):
+    @cached(ttl=60, shared=True)
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=f"{message.message} for everyone")
+
+
+class SharedServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = SharedKv(None)
+        return [self.kv]
+
+
+async def test_shared_methods_have_one_entry_for_every_caller() -> None:
+    server = SharedServer(settings(GRPC_ENABLE_AUTH=True))
+    async with running(server):
+        for user in ("alice", "bob"):
+            out = await call(
+                "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": user}
+            )
+            assert out.responses[0].message == "k for everyone"
+        assert server.kv.loads == 1
 
 
 class KeyedKv(KvService):

@@ -64,8 +64,9 @@ def key_part(value: str) -> str:
 
 
 def method_prefix(method: str, schema: str) -> str:
-    """Every key of one method starts with this (for glob invalidation)."""
-    return f"v{key_part(schema)}:{method.strip('/')}"
+    """Every key of one method starts with this. The method is a Redis Cluster {hash tag}: its
+    entries and its generation counter share one slot (the versioned write reads both)."""
+    return f"v{key_part(schema)}:{{{method.strip('/')}}}"
 
 
 def request_key(

@@ -64,6 +64,9 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
     def delete_nowait(self, key: str) -> int:
         return 1 if self._data.pop(key, None) is not None else 0
 
+    def clear_nowait(self) -> None:
+        self._data.clear()
+
     def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a Redis-style glob (``*``, ``?``, ``[...]``)."""
         match = re.compile(fnmatch.translate(pattern)).match

@@ -1,0 +1,88 @@
+"""Per-method generation numbers: part of every versioned cache key.
+
+Invalidating a method is one INCR of its counter in Redis: O(1), atomic across processes, and
+no SCAN that could miss keys written meanwhile. Entries of older generations are never read
+again and expire by their TTL. Each process keeps the numbers it has seen; pub/sub tells it of
+a bump at once, and a listener reconnect re-reads them all (bumps that failed while Redis was
+down are applied then, so an invalidation is never lost, only late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .redis import SharedRedisCache
+
+log = logging.getLogger("grpcstack.cache")
+
+
+class Generations:
+    def __init__(
+        self, namespace: str, store: SharedRedisCache | None, timeout: float | None = None
+    ) -> None:
+        self.namespace = namespace
+        self.store = store
+        self.timeout = timeout
+        self.local: dict[str, int] = {}
+        self._fetched: set[str] = set()  # read from Redis at least once
+        self._pending: set[str] = set()  # bumped here while Redis was unreachable
+
+    def key(self, method: str) -> str:
+        # the same {hash tag} as the method's entries (keys.method_prefix): one cluster slot
+        return f"{self.namespace}:{{{method.strip('/')}}}:gen"
+
+    def observe(self, method: str, gen: int) -> int:
+        """Numbers only grow: a late or duplicated message never moves one back."""
+        current = max(self.local.get(method, 0), gen)
+        self.local[method] = current
+        return current
+
+    async def current(self, method: str) -> int:
+        gen = self.local.get(method)
+        if gen is not None and (self.store is None or method in self._fetched):
+            return gen
+        if self.store is None:
+            return self.observe(method, 0)
+        try:
+            async with asyncio.timeout(self.timeout):
+                (fetched,) = await self.store.generations([self.key(method)])
+        except Exception as exc:  # provisional; re-read when the listener reconnects
+            log.debug("cache generation read failed for %s: %r", method, exc)
+            return self.local.get(method, 0)
+        self._fetched.add(method)
+        return self.observe(method, fetched)
+
+    async def bump(self, method: str) -> int:
+        """The method's next generation; raises (after bumping locally) if Redis failed."""
+        if self.store is None:
+            return self.observe(method, self.local.get(method, 0) + 1)
+        try:
+            async with asyncio.timeout(self.timeout):
+                new = await self.store.bump(self.key(method))
+        except Exception:
+            self._pending.add(method)
+            self.observe(method, self.local.get(method, 0) + 1)
+            raise
+        self._fetched.add(method)
+        return self.observe(method, new)
+
+    async def refresh(self) -> None:
+        """After a gap in pub/sub: apply failed bumps, then re-read every known number."""
+        if self.store is None:
+            return
+        bumped = list(self._pending)
+        for method in bumped:
+            await self.store.bump(self.key(method))
+            self._pending.discard(method)
+        methods = list(self.local)
+        if methods:
+            values = await self.store.generations([self.key(m) for m in methods])
+            for method, gen in zip(methods, values, strict=True):
+                self._fetched.add(method)
+                if method in bumped:  # its local number ran ahead by the failed bumps
+                    self.local[method] = gen
+                else:
+                    self.observe(method, gen)
