@@ -17,13 +17,14 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,6 +47,7 @@ class RedisProcess:
                 str(self.workdir),
                 "--loglevel",
                 "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
