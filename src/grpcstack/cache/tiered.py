@@ -86,6 +86,7 @@ class TieredCache:
         load_timeout: float = 30.0,
         finish_orphaned: bool = False,
         on_load: Callable[[], Callable[[], None] | None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not tiers:
             raise ValueError("a cache needs at least one tier")
@@ -99,6 +100,7 @@ class TieredCache:
         #: called as a load starts (in the first caller's context); returns its release
         self.on_load = on_load
         self.default_ttl = max(t.ttl for t in tiers)
+        self.clock = clock  # wall clock: hard expiries travel between processes
         self._l1 = tiers[0].cache if isinstance(tiers[0].cache, LRUMemoryCache) else None
         l2 = next((t for t in tiers if hasattr(t.cache, "cas_set")), None)
         self._l2 = l2
@@ -178,7 +180,7 @@ class TieredCache:
         method: str,
     ) -> bool:
         """False when a guarded L2 write was refused (the value is stale)."""
-        ttl = min(tier.ttl, expiry - time.time())
+        ttl = min(tier.ttl, expiry - self.clock())
         if ttl <= 0:
             return True
         try:
@@ -261,7 +263,7 @@ class TieredCache:
             if entry is not None and entry[1] == KIND_TOMBSTONE:
                 guard = _Guard(method, gen, guard.epoch, entry[2])
                 entry = None
-            if entry is None or entry[0] <= time.time():
+            if entry is None or entry[0] <= self.clock():
                 m.child(m.misses, self.service, method, tier.name).inc()
                 continue
             m.child(m.hits, self.service, method, tier.name).inc()
@@ -293,7 +295,7 @@ class TieredCache:
     ) -> None:
         """An unconditional write (it also replaces a tombstone)."""
         full = self.full_key(key, await self.generations.current(method))
-        expiry = time.time() + (ttl if ttl is not None else self.default_ttl)
+        expiry = self.clock() + (ttl if ttl is not None else self.default_ttl)
         await self._write(self._select(tiers), full, expiry, kind, value, method)
 
     async def get_or_load(
@@ -365,7 +367,7 @@ class TieredCache:
                 lifetime = self.negative_ttl
             if lifetime > 0:
                 full = self.full_key(key, guard.gen)
-                expiry = time.time() + lifetime
+                expiry = self.clock() + lifetime
                 await self._write(self._select(tiers), full, expiry, kind, payload, method, guard)
             return kind, payload
         finally:
@@ -381,7 +383,7 @@ class TieredCache:
         for tier in reversed(self.tiers):
             try:
                 if tier is self._l2:
-                    tombstone = wrap(uuid.uuid4().hex.encode(), time.time(), KIND_TOMBSTONE)
+                    tombstone = wrap(uuid.uuid4().hex.encode(), self.clock(), KIND_TOMBSTONE)
                     op = tier.cache.set(full, tombstone, ttl=self.tombstone_ttl)
                 else:
                     op = tier.cache.delete(full)
