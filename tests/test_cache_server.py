@@ -123,9 +123,13 @@ async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> 
         # Redis is optional: the replica keeps SERVING, degraded, rather than dropping out
         assert await health(server) == HealthCheckResponse.SERVING
         redis_process.start()
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # the limiter's probe finds Redis back after its backoff
+            while limiter.limiter.degraded:
+                out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
+                assert out.status is Status.OK
+                await asyncio.sleep(0.05)
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
-        assert out.status is Status.OK and not limiter.limiter.degraded
+        assert out.status is Status.OK and out.responses[0].message == "gamma"
         keys = [k async for k in server.resources.redis(2).scan_iter(match="grpcstack:cache:*")]
         assert len(keys) == 1  # "c" went to L2 again (a and b were written while it was down)
 
@@ -304,3 +308,28 @@ async def test_key_callable_returning_a_non_str_is_internal() -> None:
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
         assert out.status is Status.INTERNAL
         assert "int" not in (out.message or "")  # no internal detail leaks to the client
+
+
+class L1OnlyKv(KvService):
+    @cached(ttl=60, tiers=("l1",), key=lambda service, request: request.message.lower())
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=message.message.lower())
+
+
+class L1OnlyServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = L1OnlyKv(None)
+        return [self.kv]
+
+
+async def test_tiers_and_key_together_keep_entries_out_of_redis(redis_process: Any) -> None:
+    server = L1OnlyServer(settings(REDIS_URL=redis_process.url))
+    async with running(server):
+        for text in ("Hello", "HELLO", "hello"):
+            out = await call("grpclib", server.port, "Echo", EchoRequest(message=text))
+            assert out.responses[0].message == "hello"
+        assert server.kv.loads == 1
+        redis = server.resources.redis(2)
+        assert [k async for k in redis.scan_iter(match="grpcstack:cache:*")] == []
+        assert [t.name for t in server.cache.tiered.tiers] == ["l1", "l2"]  # L2 was there
