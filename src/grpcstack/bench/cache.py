@@ -4,6 +4,9 @@ For each tier the same 2 KB values are read by 10 concurrent tasks three ways: t
 (dict / redis-py GET / DuckDB SELECT), the aiocache backend, and the TieredCache (that tier
 alone, with envelope, metrics and timeouts). Rounds are interleaved; Redis is the given URL or a
 private redis-server started for the run.
+
+Versioned keys: an L2 hit of a method at generation 3 (the generation looked up per call, from
+this process's copy) against the same cache with versioning off; the target is <= 1.10x.
 """
 
 from __future__ import annotations
@@ -65,14 +68,21 @@ async def run(
         "l1": TieredCache([Tier("l1", l1, 3600)], service="bench", namespace="b1"),
         "l2": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="b2"),
         "l3": TieredCache([Tier("l3", l3, 3600, 2.0)], service="bench", namespace="b3"),
+        "versioned": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="bv"),
+        "unversioned": TieredCache(
+            [Tier("l2", l2, 3600, 1.0)], service="bench", namespace="bu", versioned=False
+        ),
     }
+    method = "/bench.v1.Svc/Get"
+    for _ in range(3):
+        await tiered["versioned"].invalidate_generation(method, "none")
     raw_dict: dict[str, bytes] = {}
     try:
         for i in range(KEYS):
             key = f"k{i}"
             raw_dict[key] = VALUE
             for cache in tiered.values():
-                await cache.set(key, VALUE, 3600)
+                await cache.set(key, VALUE, 3600, method=method)
             await redis.set(f"raw:{key}", VALUE)
             await l1.set(f"api:{key}", (expiry, 0, VALUE))
         await l3.flush()
@@ -81,18 +91,20 @@ async def run(
             return raw_dict.get(k)
 
         async def duck_raw(k: str) -> Any:
-            return await store.query("SELECT value FROM grpc_cache WHERE key = ?", [f"b3:{k}"])
+            return await store.query("SELECT value FROM grpc_cache WHERE key = ?", [f"b3:{k}:g0"])
 
         variants: dict[str, Callable[[str], Awaitable[Any]]] = {
             "l1 raw dict": dict_get,
             "l1 aiocache": lambda k: l1.get(f"api:{k}"),
-            "l1 tiered": tiered["l1"].get,
+            "l1 tiered": lambda k: tiered["l1"].get(k, method=method),
             "l2 raw redis GET": lambda k: redis.get(f"raw:{k}"),
-            "l2 aiocache": lambda k: l2.get(f"b2:{k}"),
-            "l2 tiered": tiered["l2"].get,
+            "l2 aiocache": lambda k: l2.get(f"b2:{k}:g0"),
+            "l2 tiered": lambda k: tiered["l2"].get(k, method=method),
+            "l2 unversioned": lambda k: tiered["unversioned"].get(k, method=method),
+            "l2 versioned": lambda k: tiered["versioned"].get(k, method=method),
             "l3 raw duckdb": duck_raw,
-            "l3 aiocache": lambda k: l3.get(f"b3:{k}"),
-            "l3 tiered": tiered["l3"].get,
+            "l3 aiocache": lambda k: l3.get(f"b3:{k}:g0"),
+            "l3 tiered": lambda k: tiered["l3"].get(k, method=method),
         }
         results: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
@@ -116,8 +128,15 @@ async def run(
             table[f"{tier} {layer}"]["x_raw_p50"] = table[f"{tier} {layer}"]["p50_us"] / max(
                 raw["p50_us"], 1e-9
             )
+    versioned, unversioned = table["l2 versioned"], table["l2 unversioned"]
+    versioning = {
+        "p50_ratio": versioned["p50_us"] / max(unversioned["p50_us"], 1e-9),
+        "mean_ratio": versioned["mean_us"] / max(unversioned["mean_us"], 1e-9),
+        "target": 1.10,
+    }
     return {
         "benchmark": "cache",
+        "versioned_l2_hit": versioning,
         "value_bytes": len(VALUE),
         "concurrency": concurrency,
         "requests_per_round": requests,
@@ -135,4 +154,9 @@ def report(result: dict[str, Any]) -> str:
     for name, row in result["results"].items():
         ratio = f"{row['x_raw_p50']:.2f}" if "x_raw_p50" in row else "-"
         lines.append(f"{name:<18} {row['p50_us']:>9.1f} {row['p99_us']:>9.1f} {ratio:>10}")
+    v = result["versioned_l2_hit"]
+    lines.append(
+        f"versioned L2 hit vs unversioned: p50 {v['p50_ratio']:.2f}x, mean "
+        f"{v['mean_ratio']:.2f}x (target <= {v['target']:.2f}x)"
+    )
     return "\n".join(lines) + "\n" + json.dumps(result)

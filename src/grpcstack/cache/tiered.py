@@ -87,6 +87,7 @@ class TieredCache:
         finish_orphaned: bool = False,
         on_load: Callable[[], Callable[[], None] | None] | None = None,
         clock: Callable[[], float] = time.time,
+        versioned: bool = True,
     ) -> None:
         if not tiers:
             raise ValueError("a cache needs at least one tier")
@@ -101,6 +102,8 @@ class TieredCache:
         self.on_load = on_load
         self.default_ttl = max(t.ttl for t in tiers)
         self.clock = clock  # wall clock: hard expiries travel between processes
+        #: False: every key stays at generation 0 (only the benchmark's baseline uses this)
+        self.versioned = versioned
         self._l1 = tiers[0].cache if isinstance(tiers[0].cache, LRUMemoryCache) else None
         l2 = next((t for t in tiers if hasattr(t.cache, "cas_set")), None)
         self._l2 = l2
@@ -248,7 +251,7 @@ class TieredCache:
     async def _lookup(
         self, key: str, method: str, tiers: Collection[str] | None
     ) -> tuple[tuple[int, bytes] | None, _Guard]:
-        gen = await self.generations.current(method)
+        gen = await self.generations.current(method) if self.versioned else 0
         guard = _Guard(method, gen, self._epoch_of(method), b"")
         full = self.full_key(key, gen)
         m = self.metrics
