@@ -62,7 +62,14 @@ def test_memory_limits_are_checked_together() -> None:
 
 async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None:
     # the shared Resources pool blocks for a free connection instead of failing at 1000 callers
-    resources = Resources(settings(REDIS_URL=redis_process.url))
+    # generous timeouts: on a loaded machine 1000 callers queue for the pool's 50 connections
+    resources = Resources(
+        settings(
+            REDIS_URL=redis_process.url,
+            REDIS_POOL_TIMEOUT_SECONDS=30,
+            REDIS_SOCKET_TIMEOUT_SECONDS=30,
+        )
+    )
     try:
         limiter = RedisLimiter(resources.redis(3), 60, prefix="t1")
         limits = [Limit("bob", 100)]
