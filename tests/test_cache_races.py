@@ -383,3 +383,30 @@ async def test_two_processes_interleaving_load_and_invalidation_end_fresh(
         await proc.wait()
         await cache.close()
         await res.close()
+
+
+async def test_an_unknown_generation_bypasses_the_cache(
+    resources: Resources, redis_process: Any
+) -> None:
+    old_era = tiered(resources)
+    await old_era.set(KEY, b"stale", method=METHOD)  # written at generation 0 ...
+    await resources.redis(2).incr(old_era.generations.key(METHOD))  # ... then invalidated
+    fresh = tiered(resources)  # a process that has not read the generation yet
+    source = Source(resources)
+    await source.write(b"new")
+    value = await resources.redis(5).get("source")
+
+    async def load() -> bytes:
+        return bytes(value)
+
+    redis_process.pause()  # its generation read times out: it must not guess 0
+    try:
+        assert await fresh.get_or_load(KEY, load, method=METHOD) == (KIND_VALUE, b"new")
+        assert counter(fresh, fresh.metrics.errors, "test", METHOD, "generation") == 1
+        assert len(fresh.tiers[0].cache) == 0  # nothing was written under a guessed number
+    finally:
+        redis_process.resume()
+    assert await fresh.get_or_load(KEY, load, method=METHOD) == (KIND_VALUE, b"new")
+    assert await fresh.generations.current(METHOD) == 1
+    await old_era.close()
+    await fresh.close()

@@ -29,6 +29,7 @@ class Generations:
         self.local: dict[str, int] = {}
         self._fetched: set[str] = set()  # read from Redis at least once
         self._pending: set[str] = set()  # bumped here while Redis was unreachable
+        self._fetching: dict[str, asyncio.Future[int | None]] = {}
 
     def key(self, method: str) -> str:
         # the same {hash tag} as the method's entries (keys.method_prefix): one cluster slot
@@ -40,20 +41,34 @@ class Generations:
         self.local[method] = current
         return current
 
-    async def current(self, method: str) -> int:
+    async def current(self, method: str) -> int | None:
+        """The method's generation; None while Redis cannot say (the caller then bypasses the
+        cache: a guessed number could name entries from before an invalidation)."""
         gen = self.local.get(method)
         if gen is not None and (self.store is None or method in self._fetched):
             return gen
         if self.store is None:
             return self.observe(method, 0)
+        fetch = self._fetching.get(method)
+        if fetch is None:  # one read per method however many callers arrive at once
+            fetch = asyncio.ensure_future(self._fetch(method))
+            self._fetching[method] = fetch
+            fetch.add_done_callback(lambda _: self._fetching.pop(method, None))
+        return await asyncio.shield(fetch)
+
+    async def _fetch(self, method: str) -> int | None:
+        assert self.store is not None
         try:
             async with asyncio.timeout(self.timeout):
                 (fetched,) = await self.store.generations([self.key(method)])
-        except Exception as exc:  # provisional; re-read when the listener reconnects
+        except Exception as exc:
             log.debug("cache generation read failed for %s: %r", method, exc)
-            return self.local.get(method, 0)
+            return None
         self._fetched.add(method)
         return self.observe(method, fetched)
+
+    def best_known(self, method: str) -> int:
+        return self.local.get(method, 0)
 
     async def bump(self, method: str) -> int:
         """The method's next generation; raises (after bumping locally) if Redis failed."""

@@ -45,7 +45,8 @@ class Invalidation:
 
     async def delete(self, key: str, *, method: str = "") -> None:
         """Drop one key everywhere; in L2 a tombstone keeps in-flight loads from rewriting it."""
-        full = self.full_key(key, await self.generations.current(method))
+        gen = await self.generations.current(method)
+        full = self.full_key(key, self.generations.best_known(method) if gen is None else gen)
         self._bump_epoch(method)
         for tier in reversed(self.tiers):
             try:

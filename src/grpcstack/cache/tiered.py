@@ -253,6 +253,10 @@ class TieredCache(Invalidation):
         self, key: str, method: str, tiers: Collection[str] | None
     ) -> tuple[tuple[int, bytes] | None, _Guard]:
         gen = await self.generations.current(method) if self.versioned else 0
+        if gen is None:  # unknown generation: no tier may be trusted or written this time
+            m = self.metrics
+            m.child(m.errors, self.service, method, "generation").inc()
+            return None, _Guard(method, -1, self._epoch_of(method), b"")
         guard = _Guard(method, gen, self._epoch_of(method), b"")
         full = self.full_key(key, gen)
         m = self.metrics
@@ -298,7 +302,8 @@ class TieredCache(Invalidation):
         kind: int = KIND_VALUE,
     ) -> None:
         """An unconditional write (it also replaces a tombstone)."""
-        full = self.full_key(key, await self.generations.current(method))
+        gen = await self.generations.current(method)
+        full = self.full_key(key, self.generations.best_known(method) if gen is None else gen)
         expiry = self.clock() + (ttl if ttl is not None else self.default_ttl)
         await self._write(self._select(tiers), full, expiry, kind, value, method)
 
@@ -323,10 +328,11 @@ class TieredCache(Invalidation):
         if flight is None:
             release = self.on_load() if self.on_load is not None else None
             task = asyncio.get_running_loop().create_task(
-                self._load(key, loader, ttl, tiers, guard, release)
+                self._load(key, loader, ttl, tiers, guard)
             )
             flight = self._inflight[flight_key] = _Flight(task)
-            task.add_done_callback(lambda t: self._load_done(flight_key, t))
+            # a done callback: it runs even for a task cancelled before its first step
+            task.add_done_callback(lambda t: self._load_done(flight_key, t, release))
         else:
             m.child(m.coalesced, self.service, method).inc()
         flight.waiters += 1
@@ -342,7 +348,11 @@ class TieredCache(Invalidation):
                 flight.task.cancel()
                 m.child(m.abandoned, self.service, method).inc()
 
-    def _load_done(self, flight_key: str, task: asyncio.Task[Any]) -> None:
+    def _load_done(
+        self, flight_key: str, task: asyncio.Task[Any], release: Callable[[], None] | None
+    ) -> None:
+        if release is not None:
+            release()
         flight = self._inflight.get(flight_key)
         if flight is not None and flight.task is task:
             del self._inflight[flight_key]
@@ -356,27 +366,22 @@ class TieredCache(Invalidation):
         ttl: float | None,
         tiers: Collection[str] | None,
         guard: _Guard,
-        release: Callable[[], None] | None,
     ) -> tuple[int, bytes]:
         method = guard.method
-        try:
-            self.metrics.child(self.metrics.loads, self.service, method).inc()
-            async with asyncio.timeout(self.load_timeout):
-                value = await loader()  # an exception reaches every waiter, is not cached
-            if isinstance(value, bytes):
-                kind, payload = KIND_VALUE, value
-                lifetime = ttl if ttl is not None else self.default_ttl
-            else:
-                kind, payload = KIND_NEGATIVE, value.message if value is not None else b""
-                lifetime = self.negative_ttl
-            if lifetime > 0:
-                full = self.full_key(key, guard.gen)
-                expiry = self.clock() + lifetime
-                await self._write(self._select(tiers), full, expiry, kind, payload, method, guard)
-            return kind, payload
-        finally:
-            if release is not None:
-                release()
+        self.metrics.child(self.metrics.loads, self.service, method).inc()
+        async with asyncio.timeout(self.load_timeout):
+            value = await loader()  # an exception reaches every waiter, is not cached
+        if isinstance(value, bytes):
+            kind, payload = KIND_VALUE, value
+            lifetime = ttl if ttl is not None else self.default_ttl
+        else:
+            kind, payload = KIND_NEGATIVE, value.message if value is not None else b""
+            lifetime = self.negative_ttl
+        if lifetime > 0 and guard.gen >= 0:
+            full = self.full_key(key, guard.gen)
+            expiry = self.clock() + lifetime
+            await self._write(self._select(tiers), full, expiry, kind, payload, method, guard)
+        return kind, payload
 
     async def start(self) -> None:
         if self.listener is not None:
