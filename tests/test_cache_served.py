@@ -151,3 +151,12 @@ async def test_a_hung_mongodb_fails_the_call_and_does_not_pin_the_key(
             ).status is not Status.OK:
                 await asyncio.sleep(0.1)
         assert out.responses[0].message == "alpha"
+
+
+async def test_without_error_handling_only_a_grpc_not_found_is_cached() -> None:
+    server = GatedServer(settings(GRPC_ENABLE_ERROR_HANDLING=False))
+    async with running(server):
+        for _ in range(2):
+            out = await call("grpclib", server.port, "Echo", EchoRequest(message="key-error"))
+            assert out.status is not Status.NOT_FOUND  # nothing maps KeyError here
+        assert server.svc.loads == 2  # so nothing was cached

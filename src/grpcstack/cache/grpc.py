@@ -47,8 +47,9 @@ class GrpcCache:
         self.enabled = enabled
         #: /pkg.Svc/Method -> (service, spec) of every bound @cached method
         self.served: dict[str, tuple[Any, CacheSpec]] = {}
-        #: maps a handler's exception to the status the client sees (the server's own rules)
-        self.errors = ErrorHandlingMiddleware()
+        #: maps a handler's exception to the status the client sees (the server's own rules;
+        #: without the error handling, only a GRPCError carries a status)
+        self.errors: ErrorHandlingMiddleware | None = None
         self._concurrency: ConcurrencyLimitMiddleware | None = None
         tiered.on_load = self._hand_over_slot
 
@@ -143,6 +144,8 @@ class GrpcCache:
         """The status and message the client would see for ``exc``."""
         if isinstance(exc, GRPCError):
             return exc.status, exc.message or ""
+        if self.errors is None:
+            return Status.UNKNOWN, ""
         rule = self.errors.rule_for(exc)
         return rule.status, rule.message(exc) if callable(rule.message) else rule.message
 
