@@ -68,6 +68,7 @@ async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None
             REDIS_URL=redis_process.url,
             REDIS_POOL_TIMEOUT_SECONDS=30,
             REDIS_SOCKET_TIMEOUT_SECONDS=30,
+            REDIS_CONNECT_TIMEOUT_SECONDS=30,
         )
     )
     try:
