@@ -3,14 +3,16 @@
 Invalidating a method is one INCR of its counter in Redis: O(1), atomic across processes, and
 no SCAN that could miss keys written meanwhile. Entries of older generations are never read
 again and expire by their TTL. Each process keeps the numbers it has seen; pub/sub tells it of
-a bump at once, and a listener reconnect re-reads them all (bumps that failed while Redis was
-down are applied then, so an invalidation is never lost, only late).
+a bump at once, and a listener reconnect re-reads them all. A bump that failed while Redis was
+down is retried in the background and broadcast once applied: an invalidation is late, never
+lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,11 +23,20 @@ log = logging.getLogger("grpcstack.cache")
 
 class Generations:
     def __init__(
-        self, namespace: str, store: SharedRedisCache | None, timeout: float | None = None
+        self,
+        namespace: str,
+        store: SharedRedisCache | None,
+        timeout: float | None = None,
+        *,
+        retry_seconds: float = 1.0,
     ) -> None:
         self.namespace = namespace
         self.store = store
         self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        #: called after a bump that had failed reached Redis (the owner broadcasts it)
+        self.on_applied: Callable[[str, int], Awaitable[None]] | None = None
+        self._retry: asyncio.Task[None] | None = None
         self.local: dict[str, int] = {}
         self._fetched: set[str] = set()  # read from Redis at least once
         self._pending: set[str] = set()  # bumped here while Redis was unreachable
@@ -80,6 +91,8 @@ class Generations:
         except Exception:
             self._pending.add(method)
             self.observe(method, self.local.get(method, 0) + 1)
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.get_running_loop().create_task(self._retry_pending())
             raise
         self._fetched.add(method)
         return self.observe(method, new)
@@ -88,16 +101,39 @@ class Generations:
         """After a gap in pub/sub: apply failed bumps, then re-read every known number."""
         if self.store is None:
             return
-        bumped = list(self._pending)
-        for method in bumped:
-            await self.store.bump(self.key(method))
-            self._pending.discard(method)
+        await self._apply_pending()
         methods = list(self.local)
         if methods:
             values = await self.store.generations([self.key(m) for m in methods])
             for method, gen in zip(methods, values, strict=True):
                 self._fetched.add(method)
-                if method in bumped:  # its local number ran ahead by the failed bumps
-                    self.local[method] = gen
-                else:
-                    self.observe(method, gen)
+                self.observe(method, gen)
+
+    async def _apply_pending(self) -> None:
+        assert self.store is not None
+        for method in list(self._pending):
+            async with asyncio.timeout(self.timeout):
+                new = await self.store.bump(self.key(method))
+            self._pending.discard(method)
+            self._fetched.add(method)
+            self.local[method] = new  # it ran ahead by the failed bumps; Redis is right now
+            if self.on_applied is not None:
+                await self.on_applied(method, new)
+
+    async def _retry_pending(self) -> None:
+        """Failed bumps are retried until Redis takes them (an invalidation is never lost)."""
+        while self._pending:
+            await asyncio.sleep(self.retry_seconds)
+            try:
+                await self._apply_pending()
+            except Exception as exc:
+                log.debug("cache generation bump retry failed: %r", exc)
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            try:
+                await self._retry
+            except asyncio.CancelledError:
+                pass
+            self._retry = None

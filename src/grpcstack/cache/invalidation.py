@@ -35,6 +35,7 @@ class Invalidation:
     _l1: LRUMemoryCache | None
     _l2: Tier | None
     _epoch: int
+    _patterns: dict[str, str]  # method -> the glob of its local entries, from invalidations
 
     if TYPE_CHECKING:
 
@@ -75,11 +76,14 @@ class Invalidation:
             result["generation"] = -1
             log.warning("cache generation bump failed for %s: %r", method, exc)
         result.update(await self._drop_matching(self.full_pattern(pattern), method))
-        if self.listener is not None:
-            await self.listener.publish(
-                op="gen", method=method, gen=self.generations.local[method], pattern=pattern
-            )
+        self._patterns[method] = pattern
+        await self._announce_generation(method, self.generations.local[method])
         return result
+
+    async def _announce_generation(self, method: str, gen: int) -> None:
+        if self.listener is not None:
+            pattern = self._patterns.get(method, "")
+            await self.listener.publish(op="gen", method=method, gen=gen, pattern=pattern)
 
     async def _drop_matching(self, full_pattern: str, method: str) -> dict[str, int]:
         deleted: dict[str, int] = {}
@@ -124,7 +128,7 @@ class Invalidation:
         if op == "gen":
             self.generations.observe(method, int(data["gen"]))
             self._bump_epoch(method)
-            if l1 is not None:
+            if l1 is not None and data.get("pattern"):
                 l1.delete_matching(self.full_pattern(str(data["pattern"])))
         elif op == "del":
             self._bump_epoch(method)

@@ -116,9 +116,11 @@ class TieredCache(Invalidation):
         self._inflight: dict[str, _Flight] = {}
         self._epoch = 0  # bumped by glob invalidations and listener reconnects
         self._epochs: dict[str, int] = {}  # per method: deletes/invalidations seen here
+        self._patterns: dict[str, str] = {}
         self.instance_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.channel = f"{namespace}:invalidate"
         self.listener: InvalidationListener | None = None
+        self.generations.on_applied = self._announce_generation
         if pubsub is not None:
             self.listener = InvalidationListener(
                 pubsub,
@@ -388,6 +390,7 @@ class TieredCache(Invalidation):
             await self.listener.start()
 
     async def close(self) -> None:
+        await self.generations.close()
         if self.listener is not None:
             await self.listener.close()
         flights = [f.task for f in self._inflight.values()]
