@@ -160,3 +160,45 @@ async def test_without_error_handling_only_a_grpc_not_found_is_cached() -> None:
             out = await call("grpclib", server.port, "Echo", EchoRequest(message="key-error"))
             assert out.status is not Status.NOT_FOUND  # nothing maps KeyError here
         assert server.svc.loads == 2  # so nothing was cached
+
+
+@pytest.mark.parametrize("broadcast", ["delivered", "lost"])
+async def test_two_server_processes_racing_a_load_and_an_invalidation_end_fresh(
+    redis_process: Any, broadcast: str
+) -> None:
+    from cli_process import start_cli
+    from redis.asyncio import Redis
+
+    env = {"REDIS_URL": redis_process.url, "GRPC_ENABLE_RATE_LIMITING": "false"}
+    source = Redis.from_url(redis_process.url, db=5)
+    cache_db = Redis.from_url(redis_process.url, db=2)
+    procs: list[Any] = []
+    try:
+        for _ in range(2):  # appended one by one: a failed second start still stops the first
+            procs.append(await start_cli("cached_app:RaceServer", env=env))
+        (_, reader), (_, writer) = procs
+        await source.set("source", "old")
+        await source.set("hold", 1)
+        load = asyncio.create_task(call("grpclib", reader, "Echo", EchoRequest(message="k")))
+        async with asyncio.timeout(30):  # the reader's load has read "old" and holds it
+            while await source.get("loads") != b"1":
+                await asyncio.sleep(0.02)
+        await source.set("source", "new")  # the write, then its invalidation, in the writer
+        if broadcast == "delivered":
+            out = await call("grpclib", writer, "Collect", EchoRequest())
+            assert out.responses[0].message == "invalidated"
+        else:  # the generation moves but no message reaches the reader: only Redis can refuse
+            gen_key = "grpcstack:cache:grpc-service:{echo.v1.EchoService/Echo}:gen"
+            assert await cache_db.incr(gen_key) == 1
+        await source.delete("hold")
+        assert (await load).responses[0].message == "old"  # its caller got its answer
+        for port in (reader, writer, reader):  # and then every process reads the new value
+            out = await call("grpclib", port, "Echo", EchoRequest(message="k"))
+            assert out.status is Status.OK and out.responses[0].message == "new"
+        assert await source.get("loads") == b"2"  # one reload; the stale answer was not kept
+    finally:
+        await source.aclose()
+        await cache_db.aclose()
+        for proc, _ in procs:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
