@@ -17,14 +17,23 @@ from gen.common.v1 import Metadata
 from gen.ocr.v1 import OcrRequest
 from grpcstack.cache import GrpcCache, LRUMemoryCache, Tier, TieredCache, request_key
 from grpcstack.cache.duckdb import DuckDBCache
-from grpcstack.cache.envelope import KIND_NEGATIVE, KIND_VALUE, unwrap
+from grpcstack.cache.envelope import KIND_NEGATIVE, KIND_VALUE, unwrap, wrap
 from grpcstack.cache.redis import SharedRedisCache
 from grpcstack.duckdb_store import DuckDBStore
 from grpcstack.resources import Resources
 
 
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_lru_bound_and_lazy_expiry() -> None:
-    lru = LRUMemoryCache(maxsize=3)
+    clock = FakeClock()
+    lru = LRUMemoryCache(maxsize=3, clock=clock)
     for key in "abcd":
         lru.set_nowait(key, key.upper(), ttl=60)
     assert len(lru) == 3 and lru.get_nowait("a") is None and lru.evictions == 1
@@ -32,7 +41,9 @@ def test_lru_bound_and_lazy_expiry() -> None:
     lru.set_nowait("e", "E", ttl=60)
     assert lru.get_nowait("c") is None and lru.get_nowait("b") == "B"
     lru.set_nowait("short", "S", ttl=0.05)
-    time.sleep(0.06)
+    clock.now += 0.049
+    assert lru.get_nowait("short") == "S"
+    clock.now += 0.001
     assert lru.get_nowait("short") is None and lru.expirations == 1
     assert lru.delete_matching("[be]") == 2
 
@@ -46,7 +57,7 @@ def test_keys_are_canonical_and_salted() -> None:
     assert request_key(method, a, schema="2") != request_key(method, a)
     assert request_key(method, a, extra=["u=alice"]) != request_key(method, a, extra=["u=bob"])
     key = request_key(method, a, extra=["u=a:b*"])
-    assert key.startswith("v1:ocr.v1.OCRService/ExtractText:u=a%3Ab%2A:")
+    assert key.startswith("v1:{ocr.v1.OCRService/ExtractText}:u=a%3Ab%2A:")
     assert key.count(":") == 3
 
 
@@ -58,11 +69,17 @@ async def resources(redis_process: Any) -> Any:
 
 
 def two_tier(
-    resources: Resources, l1_ttl: float = 300, l2_ttl: float = 3600, **kwargs: Any
+    resources: Resources,
+    l1_ttl: float = 300,
+    l2_ttl: float = 3600,
+    clock: FakeClock | None = None,
+    **kwargs: Any,
 ) -> TieredCache:
+    if clock is not None:  # one injected clock for both: L1 deadlines and hard expiries
+        kwargs["clock"] = clock
     return TieredCache(
         [
-            Tier("l1", LRUMemoryCache(100), l1_ttl),
+            Tier("l1", LRUMemoryCache(100, **({"clock": clock} if clock else {})), l1_ttl),
             Tier("l2", SharedRedisCache(resources.redis(2)), l2_ttl, 0.5),
         ],
         service="test",
@@ -73,20 +90,22 @@ def two_tier(
 
 
 async def test_promotion_from_l2_caps_ttl_by_remaining_life(resources: Resources) -> None:
-    cache = two_tier(resources)
-    writer = two_tier(resources)  # another process's view: L2 only is shared
-    await writer.set("k", b"value", ttl=1.0)
+    clock = FakeClock()
+    cache = two_tier(resources, clock=clock)
+    writer = two_tier(resources, clock=clock)  # another process's view: L2 only is shared
+    await writer.set("k", b"value", ttl=10.0)
+    assert 0 < await resources.redis(2).pttl("t:k:g0") <= 10_000  # Redis expires it too
+    clock.now += 6.0
     assert await cache.get("k") == b"value"  # L1 miss, L2 hit, promoted
     hits = cache.metrics.child(cache.metrics.hits, "test", "", "l2")._value.get()
     assert hits == 1
     l1 = cache.tiers[0].cache
-    assert isinstance(l1, LRUMemoryCache) and l1.get_nowait("t:k") is not None
-    deadline = l1._data["t:k"][0]
-    assert deadline - time.monotonic() <= 1.0  # not L1's 300 s
-    await asyncio.sleep(1.1)
-    assert await cache.get("k") is None  # expired in both tiers
-    raw = await resources.redis(2).get("t:k")
-    assert raw is None
+    assert isinstance(l1, LRUMemoryCache) and l1.get_nowait("t:k:g0") is not None
+    assert l1._data["t:k:g0"][0] - clock.now == pytest.approx(4.0)  # what is left, not 300 s
+    clock.now += 3.9
+    assert await cache.get("k") == b"value"
+    clock.now += 0.1
+    assert await cache.get("k") is None  # expired in both tiers (L2's envelope says so)
 
 
 async def test_single_flight_and_cancellation(resources: Resources) -> None:
@@ -115,7 +134,8 @@ async def test_single_flight_and_cancellation(resources: Resources) -> None:
 
 
 async def test_loader_errors_are_not_cached_but_not_found_is(resources: Resources) -> None:
-    cache = two_tier(resources, negative_ttl=0.3)
+    clock = FakeClock()
+    cache = two_tier(resources, clock=clock, negative_ttl=5.0)
     calls = 0
 
     async def failing() -> bytes:
@@ -136,7 +156,10 @@ async def test_loader_errors_are_not_cached_but_not_found_is(resources: Resource
     assert (await cache.get_or_load("nf", missing))[0] == KIND_NEGATIVE
     assert (await cache.get_or_load("nf", missing))[0] == KIND_NEGATIVE
     assert calls == 1  # the second answer came from the negative entry
-    await asyncio.sleep(0.35)
+    clock.now += 4.99
+    await cache.get_or_load("nf", missing)
+    assert calls == 1
+    clock.now += 0.01
     await cache.get_or_load("nf", missing)
     assert calls == 2
 
@@ -160,14 +183,119 @@ async def test_invalidation_during_a_load_keeps_the_stale_result_out(
     assert await cache.get("race") is None  # but it was not cached
 
 
-async def test_glob_invalidation_uses_scan_on_every_tier(resources: Resources) -> None:
-    cache = two_tier(resources)
+@pytest.fixture
+async def strict_resources(tmp_path: Path) -> Any:
+    """A redis-server on which KEYS, FLUSHDB and FLUSHALL do not exist (renamed away)."""
+    from redis_process import RedisProcess
+
+    renamed = []
+    for command in ("KEYS", "FLUSHDB", "FLUSHALL"):
+        renamed += ["--rename-command", command, f"{command}_disabled_by_test"]
+    proc = RedisProcess(tmp_path, renamed)
+    proc.start()
+    res = Resources(settings(REDIS_URL=proc.url))
+    try:
+        yield res
+    finally:
+        await res.close()
+        proc.stop()
+
+
+async def test_glob_invalidation_uses_scan_never_keys_or_flushdb(
+    strict_resources: Resources,
+) -> None:
+    from redis.exceptions import ResponseError
+
+    redis = strict_resources.redis(2)
+    for command in ("KEYS", "FLUSHDB", "FLUSHALL"):  # the server really refuses them
+        with pytest.raises(ResponseError, match="unknown command"):
+            await redis.execute_command(command, *(["*"] if command == "KEYS" else []))
+    cache = two_tier(strict_resources)
     for i in range(50):
         await cache.set(f"m:A:{i}", b"x")
         await cache.set(f"m:B:{i}", b"y")
     deleted = await cache.invalidate("m:A:*")
-    assert deleted == {"l2": 50, "l1": 50}
+    assert deleted == {"l2": 50, "l1": 50}  # -1 for l2 had it sent KEYS
     assert await cache.get("m:A:3") is None and await cache.get("m:B:3") == b"y"
+    l2 = cache.tiers[1].cache
+    assert await l2.clear(namespace="t:m:B") is True  # aiocache's clear: SCAN too
+    assert await redis.dbsize() == 0
+    with pytest.raises(ValueError, match="refusing to FLUSHDB"):
+        await l2.clear()
+
+
+async def test_values_are_envelope_plus_protobuf_bytes_never_pickle(resources: Resources) -> None:
+    clock = FakeClock()
+    cache = two_tier(resources, clock=clock)
+    message = OcrRequest(private_image_path="x.png")
+    await cache.set("p", bytes(message), ttl=60)
+    raw = await resources.redis(2).get("t:p:g0")
+    assert raw == wrap(bytes(message), clock.now + 60, KIND_VALUE)  # byte for byte
+    assert not raw.startswith(b"\x80")  # no pickle protocol header
+    assert OcrRequest.parse(unwrap(raw)[2]) == message
+    with pytest.raises(TypeError, match="cache values are bytes"):
+        await cache.tiers[1].cache.set("t:obj", {"a": 1})  # objects are refused, not pickled
+
+
+async def test_a_hung_tier_costs_its_timeout_not_the_call(redis_process: Any) -> None:
+    res = Resources(
+        settings(
+            REDIS_URL=redis_process.url,
+            REDIS_SOCKET_TIMEOUT_SECONDS=30,  # only the tier's own budget can end a wait
+            GRPC_CACHE_TIER_TIMEOUT_SECONDS=0.2,
+        )
+    )
+    cache = GrpcCache.from_settings(res.settings, res).tiered
+    try:
+        assert cache.tiers[1].timeout == 0.2
+        await cache.set("h", b"v")
+        cache.tiers[0].cache.clear_nowait()  # force the next read to L2
+        redis_process.pause()
+        started = time.monotonic()
+        got = await cache.get_or_load("h", _const(b"loaded"))
+        assert got == (KIND_VALUE, b"loaded")
+        assert time.monotonic() - started < 10  # far below the 30 s socket timeout
+        errors = cache.metrics.child(cache.metrics.errors, "grpc-service", "", "l2")._value.get()
+        assert errors >= 2  # the read and the write-back both gave up
+    finally:
+        redis_process.resume()
+        await cache.close()
+        await res.close()
+
+
+async def test_tier_and_l1_metrics(resources: Resources) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from grpcstack.cache.metrics import CacheMetrics
+
+    registry = CollectorRegistry()
+    cache = TieredCache(
+        [
+            Tier("l1", LRUMemoryCache(2), 300),
+            Tier("l2", SharedRedisCache(resources.redis(2)), 3600, 0.5),
+        ],
+        service="svc",
+        namespace="mt",
+        metrics=CacheMetrics(registry),
+    )
+    for key in "abc":  # c evicts a from L1
+        await cache.get_or_load(key, _const(key.encode()), method="/m")
+    await cache.get_or_load("c", _const(b""), method="/m")  # L1 hit
+    await cache.get_or_load("a", _const(b""), method="/m")  # L1 miss, L2 hit
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    layer = {"service": "svc", "method": "/m"}
+    assert sample("grpcstack_cache_hits_total", **layer, layer="l1") == 1
+    assert sample("grpcstack_cache_hits_total", **layer, layer="l2") == 1
+    assert sample("grpcstack_cache_misses_total", **layer, layer="l1") == 4
+    assert sample("grpcstack_cache_misses_total", **layer, layer="l2") == 3
+    assert sample("grpcstack_cache_loads_total", **layer) == 3
+    assert sample("grpcstack_cache_lookups_total", **layer, result="hit") == 2
+    assert sample("grpcstack_cache_l1_entries") == 2
+    assert sample("grpcstack_cache_l1_evictions") == 2  # a, then b when a came back
+    assert sample("grpcstack_cache_tier_seconds_count", layer="l2", op="get") == 4
 
 
 async def test_failing_tier_is_skipped_and_counted(
@@ -210,7 +338,7 @@ async def test_duckdb_l3_file(tmp_path: Path) -> None:
         assert await cache.get("bars:0") == b"ohlcv" * 100
         hits = cache.metrics.child(cache.metrics.hits, "test", "", "l3")._value.get()
         assert hits == 1
-        raw = await l3.get("d:bars:0")
+        raw = await l3.get("d:bars:0:g0")
         assert unwrap(raw)[2] == b"ohlcv" * 100
         # L1 kept bars:11..19 (bars:10 was evicted when bars:0 was promoted)
         assert (await cache.invalidate("bars:1*")) == {"l3": 11, "l1": 9}

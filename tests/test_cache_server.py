@@ -123,9 +123,13 @@ async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> 
         # Redis is optional: the replica keeps SERVING, degraded, rather than dropping out
         assert await health(server) == HealthCheckResponse.SERVING
         redis_process.start()
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # the limiter's probe finds Redis back after its backoff
+            while limiter.limiter.degraded:
+                out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
+                assert out.status is Status.OK
+                await asyncio.sleep(0.05)
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="c"))
-        assert out.status is Status.OK and not limiter.limiter.degraded
+        assert out.status is Status.OK and out.responses[0].message == "gamma"
         keys = [k async for k in server.resources.redis(2).scan_iter(match="grpcstack:cache:*")]
         assert len(keys) == 1  # "c" went to L2 again (a and b were written while it was down)
 
@@ -183,7 +187,7 @@ async def test_motor_driver_behind_the_same_interface(mongo_process: Any) -> Non
 
 
 class PerUserKv(KvService):
-    @cached(ttl=60, per_user=True)
+    @cached(ttl=60)
     async def echo(self, message: EchoRequest) -> EchoResponse:
         self.loads += 1
         return EchoResponse(message=f"{message.message} for {current_call().user_id}")
@@ -213,10 +217,119 @@ async def test_invalidation_helpers_and_per_user_keys() -> None:
         await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
         assert server.kv.loads == 3  # only alice's entry was dropped
         deleted = await server.cache.invalidate_method("/echo.v1.EchoService/Echo")
-        assert deleted == {"l1": 2}
+        assert deleted == {"generation": 1, "l1": 2}
         await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=bob)
         assert server.kv.loads == 4
-        anonymous = await call(
-            "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": "x"}
-        )
-        assert anonymous.status is Status.OK
+        anonymous = await call("grpclib", server.port, "Echo", EchoRequest(message="k"))
+        assert anonymous.status is Status.UNAUTHENTICATED  # auth refuses it before the cache
+
+
+async def test_anonymous_callers_share_one_scope_apart_from_users() -> None:
+    server = PerUserServer(settings())  # auth off: no call has a user id
+    async with running(server):
+        outs = [await call("grpclib", server.port, "Echo", EchoRequest(message="k")) for _ in "ab"]
+        assert [o.responses[0].message for o in outs] == ["k for None"] * 2
+        assert server.kv.loads == 1
+        assert server.cache is not None
+        await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="k"))
+        await call("grpclib", server.port, "Echo", EchoRequest(message="k"))
+        assert server.kv.loads == 2  # user_id=None named the anonymous entry
+
+
+class SharedKv(KvService):
+    @cached(ttl=60, shared=True)
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=f"{message.message} for everyone")
+
+
+class SharedServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = SharedKv(None)
+        return [self.kv]
+
+
+async def test_shared_methods_have_one_entry_for_every_caller() -> None:
+    server = SharedServer(settings(GRPC_ENABLE_AUTH=True))
+    async with running(server):
+        for user in ("alice", "bob"):
+            out = await call(
+                "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": user}
+            )
+            assert out.responses[0].message == "k for everyone"
+        assert server.kv.loads == 1
+
+
+class KeyedKv(KvService):
+    """Requests differing only after '#' share one entry (key material, not the request)."""
+
+    @cached(ttl=60, key=lambda service, request: request.message.split("#")[0])
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=f"loaded {message.message}")
+
+
+class KeyedServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = KeyedKv(None)
+        return [self.kv]
+
+
+async def test_key_callable_gives_the_key_material() -> None:
+    server = KeyedServer(settings())
+    async with running(server):
+        first = await call("grpclib", server.port, "Echo", EchoRequest(message="a#1"))
+        again = await call("grpclib", server.port, "Echo", EchoRequest(message="a#2"))
+        other = await call("grpclib", server.port, "Echo", EchoRequest(message="b#1"))
+        assert first.responses[0].message == again.responses[0].message == "loaded a#1"
+        assert other.responses[0].message == "loaded b#1"
+        assert server.kv.loads == 2
+        assert server.cache is not None
+        # invalidate_request applies the method's own key callable to the message it is given
+        await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="a"))
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="a#3"))
+        assert out.responses[0].message == "loaded a#3" and server.kv.loads == 3
+
+
+class BadKeyKv(KvService):
+    @cached(ttl=60, key=lambda service, request: request.count)  # type: ignore[arg-type,return-value]
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        return EchoResponse(message="never")
+
+
+class BadKeyServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        return [BadKeyKv(None)]
+
+
+async def test_key_callable_returning_a_non_str_is_internal() -> None:
+    server = BadKeyServer(settings())
+    async with running(server):
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
+        assert out.status is Status.INTERNAL
+        assert "int" not in (out.message or "")  # no internal detail leaks to the client
+
+
+class L1OnlyKv(KvService):
+    @cached(ttl=60, tiers=("l1",), key=lambda service, request: request.message.lower())
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=message.message.lower())
+
+
+class L1OnlyServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = L1OnlyKv(None)
+        return [self.kv]
+
+
+async def test_tiers_and_key_together_keep_entries_out_of_redis(redis_process: Any) -> None:
+    server = L1OnlyServer(settings(REDIS_URL=redis_process.url))
+    async with running(server):
+        for text in ("Hello", "HELLO", "hello"):
+            out = await call("grpclib", server.port, "Echo", EchoRequest(message=text))
+            assert out.responses[0].message == "hello"
+        assert server.kv.loads == 1
+        redis = server.resources.redis(2)
+        assert [k async for k in redis.scan_iter(match="grpcstack:cache:*")] == []
+        assert [t.name for t in server.cache.tiered.tiers] == ["l1", "l2"]  # L2 was there

@@ -12,8 +12,11 @@ from cli_process import start_cli
 from conftest import running, settings
 from grpclib.const import Status
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gen.echo.v1 import EchoRequest
+from grpcstack.middleware import RateLimitMiddleware
 from grpcstack.ratelimit import Limit, MemoryLimiter, RedisLimiter
 from grpcstack.resources import Resources
 from platform_services.echo import EchoServer
@@ -59,7 +62,15 @@ def test_memory_limits_are_checked_together() -> None:
 
 async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None:
     # the shared Resources pool blocks for a free connection instead of failing at 1000 callers
-    resources = Resources(settings(REDIS_URL=redis_process.url))
+    # generous timeouts: on a loaded machine 1000 callers queue for the pool's 50 connections
+    resources = Resources(
+        settings(
+            REDIS_URL=redis_process.url,
+            REDIS_POOL_TIMEOUT_SECONDS=30,
+            REDIS_SOCKET_TIMEOUT_SECONDS=30,
+            REDIS_CONNECT_TIMEOUT_SECONDS=30,
+        )
+    )
     try:
         limiter = RedisLimiter(resources.redis(3), 60, prefix="t1")
         limits = [Limit("bob", 100)]
@@ -83,9 +94,10 @@ async def test_redis_down_degrades_to_local_and_recovers(redis_process: Any) -> 
         assert limiter.degraded and {d.backend for d in degraded} == {"memory"}
         assert sum(d.allowed for d in degraded) == 5  # the local limit still applies
         redis_process.start()  # same port
-        await asyncio.sleep(0.3)
-        recovered = await limiter.hit([Limit("dave", 5)])
-        assert recovered.backend == "redis" and not limiter.degraded
+        async with asyncio.timeout(10):  # the probe after the backoff finds it back
+            while (await limiter.hit([Limit("dave", 5)])).backend != "redis":
+                await asyncio.sleep(0.05)
+        assert not limiter.degraded and limiter.state == "closed"
     finally:
         await redis.aclose()
 
@@ -123,8 +135,10 @@ async def test_two_processes_share_one_global_limit(redis_process: Any) -> None:
         "GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS": "10",
         "GRPC_SERVER_HOST": "127.0.0.1",
     }
-    procs = [await start_cli(env=env) for _ in range(2)]
+    procs: list[Any] = []
     try:
+        for _ in range(2):  # appended one by one: a failed second start still stops the first
+            procs.append(await start_cli(env=env))
         outs = []
         for i in range(30):
             _, port = procs[i % 2]
@@ -137,3 +151,85 @@ async def test_two_processes_share_one_global_limit(redis_process: Any) -> None:
         for proc, _ in procs:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 15)
+
+
+def no_retry_client(url: str, timeout: float) -> Redis:
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
+async def test_a_burst_of_failures_counts_once_and_one_probe_decides(redis_process: Any) -> None:
+    clock = FakeClock()
+    redis = no_retry_client(redis_process.url, 0.3)
+    try:
+        limiter = RedisLimiter(redis, 60, prefix="t3", retry_backoff=1.0, clock=clock)
+        limits = [Limit("erin", 1000)]
+        assert (await limiter.hit(limits)).backend == "redis"
+        redis_process.pause()  # hung, not dead: every request waits for its socket timeout
+        burst = await asyncio.gather(*(limiter.hit(limits) for _ in range(20)))
+        assert {d.backend for d in burst} == {"memory"} and all(d.allowed for d in burst)
+        assert limiter.failures == 1 and limiter._backoff == 1.0  # not doubled 20 times
+        assert limiter.attempts == 21 and limiter.state == "open"
+        clock.now += 0.5  # within the backoff nobody touches Redis
+        await asyncio.gather(*(limiter.hit(limits) for _ in range(20)))
+        assert limiter.attempts == 21
+        clock.now += 0.6  # the backoff is over: one probe, the others stay degraded
+        probed = await asyncio.gather(*(limiter.hit(limits) for _ in range(20)))
+        assert limiter.attempts == 22 and {d.backend for d in probed} == {"memory"}
+        assert limiter.failures == 2 and limiter._backoff == 2.0 and limiter.state == "open"
+        redis_process.resume()
+        clock.now += 2.1
+        recovered = await asyncio.gather(*(limiter.hit(limits) for _ in range(5)))
+        assert recovered[0].backend == "redis" and limiter.state == "closed"
+        assert limiter.attempts == 23  # the probe alone went to Redis; the rest were degraded
+        assert (await limiter.hit(limits)).backend == "redis" and limiter._backoff == 1.0
+    finally:
+        redis_process.resume()
+        await redis.aclose()
+
+
+async def test_limits_on_a_real_redis_cluster(tmp_path: Any) -> None:
+    from redis.asyncio.cluster import RedisCluster as ClusterClient
+    from redis.crc import key_slot
+    from redis_cluster import RedisCluster
+
+    cluster = RedisCluster(tmp_path)
+    cluster.start()
+    client = ClusterClient(host="127.0.0.1", port=cluster.ports[0])
+    try:
+        limiter = RedisLimiter(client, 60, prefix="rl")
+        alice, bob, shared = Limit("user:alice", 5), Limit("user:bob", 5), Limit("global", 8)
+        # without the hash tag these keys live on different slots (CROSSSLOT in one script)
+        assert key_slot(b"rl:user:alice") != key_slot(b"rl:global")
+        assert len({key_slot(limiter.key(x).encode()) for x in (alice, bob, shared)}) == 1
+        a = [await limiter.hit([alice, shared]) for _ in range(7)]
+        b = [await limiter.hit([bob, shared]) for _ in range(7)]
+        assert [d.allowed for d in a] == [True] * 5 + [False] * 2
+        assert [d.allowed for d in b] == [True] * 3 + [False] * 4
+        assert a[-1].limit == alice and b[-1].limit == shared
+        assert {d.backend for d in a + b} == {"redis"} and limiter.failures == 0
+    finally:
+        await client.aclose()
+        cluster.stop()
+
+
+@pytest.mark.parametrize(
+    ("backend", "redis_url", "expected"),
+    [("auto", True, RedisLimiter), ("auto", False, MemoryLimiter), ("memory", True, MemoryLimiter)],
+)
+async def test_rate_limit_backend_setting(
+    redis_process: Any, backend: str, redis_url: bool, expected: type
+) -> None:
+    extra = {"REDIS_URL": redis_process.url} if redis_url else {}
+    server = EchoServer(settings(GRPC_RATE_LIMIT_BACKEND=backend, **extra))
+    async with running(server):
+        assert server.chain is not None
+        limiter = next(m for m in server.chain.middlewares if isinstance(m, RateLimitMiddleware))
+        assert type(limiter.limiter) is expected
+        assert (await call("grpclib", server.port, "Echo", EchoRequest())).status is Status.OK
+
+
+def test_rate_limit_backend_redis_needs_a_url() -> None:
+    with pytest.raises(ValueError, match="GRPC_RATE_LIMIT_BACKEND=redis needs REDIS_URL"):
+        settings(GRPC_RATE_LIMIT_BACKEND="redis")

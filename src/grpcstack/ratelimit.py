@@ -6,8 +6,14 @@ fixed window it does not let 2x the limit through at a window boundary, and it c
 per key. Several limits (per user, global) are checked together and counted only when all allow.
 
 ``RedisLimiter`` runs the same arithmetic in ONE Lua script per request (all limits, Redis's own
-clock), so every process sharing the Redis enforces one limit. When Redis fails, it degrades to
-the in-process limiter (or fails open/closed, as configured) and retries Redis after a backoff.
+clock), so every process sharing the Redis enforces one limit. The script touches only the keys
+it is passed (one hash per limit), all under the limiter's ``{hash tag}``: one slot, so it runs
+on Redis Cluster too (the price: one node holds every counter of a limiter).
+
+When Redis fails it degrades to the in-process limiter (or fails open/closed, as configured)
+behind a circuit breaker: one failure per state counts (a burst of concurrent failures is one
+failure, not a jump to the longest backoff); when the backoff ends, ONE request probes Redis
+while the others stay degraded; the probe's outcome closes the breaker or doubles the backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 log = logging.getLogger("grpcstack.ratelimit")
 
@@ -92,21 +99,27 @@ class MemoryLimiter:
         return Decision(True, backend=self.name)
 
 
-# KEYS: one prefix per limit; ARGV: window in ms, then one max per limit.
+# KEYS: one hash per limit {w: window index, p: previous count, c: current count};
+# ARGV: window in ms, then one max per limit.
 _LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local window = tonumber(ARGV[1])
 local index = math.floor(now / window)
 local elapsed = (now - index * window) / window
-local keys = {}
+local counts = {}
 local worst, worst_i = -1, 0
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[i + 1])
-  local cur_key = KEYS[i] .. ':' .. index
-  local prev = tonumber(redis.call('GET', KEYS[i] .. ':' .. (index - 1)) or '0')
-  local cur = tonumber(redis.call('GET', cur_key) or '0')
-  keys[i] = cur_key
+  local h = redis.call('HMGET', KEYS[i], 'w', 'p', 'c')
+  local w = tonumber(h[1])
+  local prev, cur = 0, 0
+  if w == index then
+    prev, cur = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  elseif w == index - 1 then
+    prev = tonumber(h[3]) or 0
+  end
+  counts[i] = {prev, cur}
   if prev * (1 - elapsed) + cur + 1 > limit then
     local wait
     if cur + 1 > limit then
@@ -122,14 +135,15 @@ for i = 1, #KEYS do
   end
 end
 if worst_i > 0 then return {0, tostring(math.max(worst, 1)), worst_i} end
-for i = 1, #keys do
-  redis.call('INCR', keys[i])
-  redis.call('PEXPIRE', keys[i], window * 2 + 1000)
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], 'w', index, 'p', counts[i][1], 'c', counts[i][2] + 1)
+  redis.call('PEXPIRE', KEYS[i], window * 2 + 1000)
 end
 return {1, '0', 0}
 """
 
 FailMode = Literal["local", "open", "closed"]
+BreakerState = Literal["closed", "open", "half-open"]
 
 
 class RedisLimiter:
@@ -139,7 +153,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         window: float,
         *,
         prefix: str = "grpcstack:rl",
@@ -157,42 +171,60 @@ class RedisLimiter:
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
         self._script: Any = redis.register_script(_LUA)
+        self.state: BreakerState = "closed"
         self._down_until = 0.0
         self._backoff = retry_backoff
-        self.failures = 0
+        self._turn = 0  # bumped on every state change: only attempts of the current turn count
+        self.failures = 0  # failures that counted (at most one per turn)
+        self.attempts = 0  # script calls sent to Redis
 
     @property
     def degraded(self) -> bool:
-        return self._down_until > 0
+        return self.state != "closed"
+
+    def key(self, limit: Limit) -> str:
+        return f"{{{self.prefix}}}:{limit.key}"
 
     async def hit(self, limits: Sequence[Limit]) -> Decision:
-        now = self.clock()
-        if self._down_until and now < self._down_until:
-            return self._degraded(limits)
+        probe = False
+        if self.state != "closed":
+            if self.state == "half-open" or self.clock() < self._down_until:
+                return self._degraded(limits)  # open, or another request is the probe
+            self.state, probe = "half-open", True
+        turn = self._turn
+        self.attempts += 1
         try:
-            keys = [f"{self.prefix}:{limit.key}" for limit in limits]
+            keys = [self.key(limit) for limit in limits]
             args = [int(self.window * 1000), *(limit.max_requests for limit in limits)]
             allowed, wait_ms, which = await self._script(keys=keys, args=args)
         except Exception as exc:  # any Redis failure: connection, timeout, script error
-            self.failures += 1
-            if not self._down_until:
-                log.warning(
-                    "rate limit Redis unavailable (%r): degrading to %s", exc, self.fail_mode
-                )
-            self._down_until = now + self._backoff
-            self._backoff = min(self._backoff * 2, self.max_backoff)
+            self._failed(exc, turn, probe)
             return self._degraded(limits)
-        if self._down_until:
+        except BaseException:  # a cancelled probe must not leave the breaker half-open
+            if probe and self._turn == turn:
+                self.state = "open"
+            raise
+        if probe:
             log.info("rate limit Redis recovered")
-            self._down_until = 0.0
-            self._backoff = self.retry_backoff
+            self.state, self._backoff, self._turn = "closed", self.retry_backoff, self._turn + 1
         if int(allowed):
             return Decision(True, backend=self.name)
         return Decision(False, float(wait_ms) / 1000, limits[int(which) - 1], self.name)
+
+    def _failed(self, exc: Exception, turn: int, probe: bool) -> None:
+        if turn != self._turn:
+            return  # began before the breaker moved: its failure is already accounted for
+        self.failures += 1
+        if probe:
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+        else:
+            log.warning("rate limit Redis unavailable (%r): degrading to %s", exc, self.fail_mode)
+        self.state, self._turn = "open", self._turn + 1
+        self._down_until = self.clock() + self._backoff
 
     def _degraded(self, limits: Sequence[Limit]) -> Decision:
         if self.fail_mode == "open":
             return Decision(True, backend="open")
         if self.fail_mode == "closed":
-            return Decision(False, self._down_until - self.clock(), None, "closed")
+            return Decision(False, max(self._down_until - self.clock(), 0.001), None, "closed")
         return self.fallback.hit(limits)

@@ -5,7 +5,8 @@ Opened inside the running loop before ``before_start`` and closed after ``after_
 * Redis (REDIS_URL): one client per database number of the seeds' REDIS_DB_* allocation, each
   on a blocking pool with explicit timeouts and bounded retries.
 * MongoDB (MONGO_URL): PyMongo's ``AsyncMongoClient`` (MONGO_DRIVER=motor for teams that pin
-  Motor), with serverSelectionTimeoutMS set so a down server fails fast.
+  Motor), with serverSelectionTimeoutMS set so a down server fails fast and socketTimeoutMS
+  (optionally timeoutMS) so a hung one fails a query instead of pinning it.
 * DuckDB (DUCKDB_PATH, a file or ":memory:"): a ``DuckDBStore``, never called on the loop thread.
 
 Every configured resource has a readiness check with a timeout, wired into health by the server:
@@ -95,7 +96,10 @@ class Resources:
                 "serverSelectionTimeoutMS": s.MONGO_SERVER_SELECTION_TIMEOUT_MS,
                 "connectTimeoutMS": s.MONGO_CONNECT_TIMEOUT_MS,
                 "maxPoolSize": s.MONGO_MAX_POOL_SIZE,
+                "socketTimeoutMS": s.MONGO_SOCKET_TIMEOUT_MS,
             }
+            if s.MONGO_TIMEOUT_MS:
+                kwargs["timeoutMS"] = s.MONGO_TIMEOUT_MS
             if s.MONGO_DRIVER == "motor":
                 from motor.motor_asyncio import AsyncIOMotorClient
 

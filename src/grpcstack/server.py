@@ -186,6 +186,7 @@ class AsyncBaseServer:
             for name in self._service_names:
                 self.health.register(name)
             self.chain = MiddlewareChain(self.middlewares())
+            self.cache.attach(self.chain)
             for middleware in self.chain.middlewares:
                 await middleware.start(self)
             # grpclib binds its Server to the running loop: build it here, not in __init__.

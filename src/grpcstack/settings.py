@@ -181,6 +181,11 @@ class ServerSettings(BaseSettings):
     GRPC_CACHE_L3_TTL_SECONDS: PositiveInt = 86_400
     GRPC_CACHE_NEGATIVE_TTL_SECONDS: Annotated[float, Field(ge=0)] = 5.0
     GRPC_CACHE_TIER_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 0.25
+    # cache and rate limiter under races, hangs and outages (issue 14)
+    GRPC_CACHE_LOAD_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 30.0  # bound of one load
+    GRPC_CACHE_FINISH_ORPHANED_LOADS: bool = False  # finish loads every caller left (for the cache)
+    MONGO_SOCKET_TIMEOUT_MS: PositiveInt = 10_000  # a hung MongoDB fails a query, not pins it
+    MONGO_TIMEOUT_MS: Annotated[int, Field(ge=0)] = 0  # PyMongo timeoutMS per operation; 0: unset
 
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:

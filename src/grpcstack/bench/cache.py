@@ -4,6 +4,9 @@ For each tier the same 2 KB values are read by 10 concurrent tasks three ways: t
 (dict / redis-py GET / DuckDB SELECT), the aiocache backend, and the TieredCache (that tier
 alone, with envelope, metrics and timeouts). Rounds are interleaved; Redis is the given URL or a
 private redis-server started for the run.
+
+Versioned keys: an L2 hit of a method at generation 3 (the generation looked up per call, from
+this process's copy) against the same cache with versioning off; the target is <= 1.10x.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ async def _measure(
 
 
 async def run(
-    redis_url: str, requests: int = 2000, concurrency: int = 10, rounds: int = 3
+    redis_url: str,
+    requests: int = 2000,
+    concurrency: int = 10,
+    rounds: int = 3,
+    pairs: int = 20,
 ) -> dict[str, Any]:
     from redis.asyncio import Redis
 
@@ -58,21 +65,34 @@ async def run(
     tmp = tempfile.mkdtemp(prefix="grpcstack-bench-")
     store = DuckDBStore(os.path.join(tmp, "bench.duckdb"))
     expiry = time.time() + 3600
-    l1 = LRUMemoryCache(maxsize=KEYS * 2)
+    l1 = LRUMemoryCache(maxsize=KEYS * 4)  # raw, generation-0 and generation-3 copies
     l2 = SharedRedisCache(redis)
     l3 = DuckDBCache(store)
     tiered = {
         "l1": TieredCache([Tier("l1", l1, 3600)], service="bench", namespace="b1"),
         "l2": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="b2"),
         "l3": TieredCache([Tier("l3", l3, 3600, 2.0)], service="bench", namespace="b3"),
+        "versioned": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="bv"),
+        "l1 unversioned": TieredCache(
+            [Tier("l1", l1, 3600)], service="bench", namespace="b1", versioned=False
+        ),
+        "unversioned": TieredCache(
+            [Tier("l2", l2, 3600, 1.0)], service="bench", namespace="bu", versioned=False
+        ),
     }
+    method = "/bench.v1.Svc/Get"
+    for _ in range(3):
+        await tiered["versioned"].invalidate_generation(method, "none")
+    l1_gen3 = TieredCache([Tier("l1", l1, 3600)], service="bench", namespace="b1")
+    for _ in range(3):
+        await l1_gen3.invalidate_generation(method, "none")
     raw_dict: dict[str, bytes] = {}
     try:
         for i in range(KEYS):
             key = f"k{i}"
             raw_dict[key] = VALUE
             for cache in tiered.values():
-                await cache.set(key, VALUE, 3600)
+                await cache.set(key, VALUE, 3600, method=method)
             await redis.set(f"raw:{key}", VALUE)
             await l1.set(f"api:{key}", (expiry, 0, VALUE))
         await l3.flush()
@@ -81,23 +101,50 @@ async def run(
             return raw_dict.get(k)
 
         async def duck_raw(k: str) -> Any:
-            return await store.query("SELECT value FROM grpc_cache WHERE key = ?", [f"b3:{k}"])
+            return await store.query("SELECT value FROM grpc_cache WHERE key = ?", [f"b3:{k}:g0"])
 
         variants: dict[str, Callable[[str], Awaitable[Any]]] = {
             "l1 raw dict": dict_get,
             "l1 aiocache": lambda k: l1.get(f"api:{k}"),
-            "l1 tiered": tiered["l1"].get,
+            "l1 tiered": lambda k: tiered["l1"].get(k, method=method),
             "l2 raw redis GET": lambda k: redis.get(f"raw:{k}"),
-            "l2 aiocache": lambda k: l2.get(f"b2:{k}"),
-            "l2 tiered": tiered["l2"].get,
+            "l2 aiocache": lambda k: l2.get(f"b2:{k}:g0"),
+            "l2 tiered": lambda k: tiered["l2"].get(k, method=method),
+            "l2 unversioned": lambda k: tiered["unversioned"].get(k, method=method),
+            "l2 versioned": lambda k: tiered["versioned"].get(k, method=method),
             "l3 raw duckdb": duck_raw,
-            "l3 aiocache": lambda k: l3.get(f"b3:{k}"),
-            "l3 tiered": tiered["l3"].get,
+            "l3 aiocache": lambda k: l3.get(f"b3:{k}:g0"),
+            "l3 tiered": lambda k: tiered["l3"].get(k, method=method),
         }
         results: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
             for name, op in variants.items():
                 results[name] += await _measure(op, requests, concurrency)
+        # the versioning cost is small next to the noise of a shared machine: many short
+        # alternating pairs (order flipped every pair), one p50 ratio per pair, their median
+        for i in range(KEYS):
+            await l1_gen3.set(f"k{i}", VALUE, 3600, method=method)
+
+        async def paired(
+            base_op: Any, versioned_op: Any, n_pairs: int
+        ) -> list[tuple[float, float]]:
+            out = []
+            for n in range(n_pairs):
+                ops = (base_op, versioned_op) if n % 2 == 0 else (versioned_op, base_op)
+                a = _pct(await _measure(ops[0], 500, concurrency), 0.5)
+                b = _pct(await _measure(ops[1], 500, concurrency), 0.5)
+                out.append((a, b) if n % 2 == 0 else (b, a))
+            return out
+
+        l2_pairs = await paired(variants["l2 unversioned"], variants["l2 versioned"], pairs)
+        pair_ratios = [v / max(b, 1e-9) for b, v in l2_pairs]
+        # on L1 a hit is CPU only: the difference is what versioning adds to any hit
+        l1_pairs = await paired(
+            lambda k: tiered["l1 unversioned"].get(k, method=method),
+            lambda k: l1_gen3.get(k, method=method),
+            pairs,
+        )
+        added_us = statistics.median(v - b for b, v in l1_pairs) * 1e6
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -116,8 +163,19 @@ async def run(
             table[f"{tier} {layer}"]["x_raw_p50"] = table[f"{tier} {layer}"]["p50_us"] / max(
                 raw["p50_us"], 1e-9
             )
+    versioned, unversioned = table["l2 versioned"], table["l2 unversioned"]
+    versioning = {
+        "pairs": pairs,
+        "median_pair_p50_ratio": statistics.median(pair_ratios),
+        "pair_p50_ratio_quartiles": statistics.quantiles(pair_ratios, n=4),
+        "p50_ratio_all_rounds": versioned["p50_us"] / max(unversioned["p50_us"], 1e-9),
+        "added_us_per_hit_l1_paired": added_us,
+        "added_share_of_l2_p50": added_us / max(unversioned["p50_us"], 1e-9),
+        "target": 1.10,
+    }
     return {
         "benchmark": "cache",
+        "versioned_l2_hit": versioning,
         "value_bytes": len(VALUE),
         "concurrency": concurrency,
         "requests_per_round": requests,
@@ -135,4 +193,13 @@ def report(result: dict[str, Any]) -> str:
     for name, row in result["results"].items():
         ratio = f"{row['x_raw_p50']:.2f}" if "x_raw_p50" in row else "-"
         lines.append(f"{name:<18} {row['p50_us']:>9.1f} {row['p99_us']:>9.1f} {ratio:>10}")
+    v = result["versioned_l2_hit"]
+    q1, _, q3 = v["pair_p50_ratio_quartiles"]
+    lines.append(
+        f"versioned L2 hit vs unversioned: median of {v['pairs']} paired p50 ratios "
+        f"{v['median_pair_p50_ratio']:.2f}x (quartiles {q1:.2f}-{q3:.2f}; target <= "
+        f"{v['target']:.2f}x); on L1 (CPU only) versioning adds "
+        f"{v['added_us_per_hit_l1_paired']:.2f} us per hit = "
+        f"{100 * v['added_share_of_l2_p50']:.3f}% of an L2 hit's p50"
+    )
     return "\n".join(lines) + "\n" + json.dumps(result)

@@ -1,8 +1,9 @@
 """What the remote tiers store: raw protobuf bytes behind a 9-byte header, never pickle.
 
-The header carries the value's hard expiry (unix time) and its kind (a value, or a cached "not
-found"). Promotion to an upper tier uses ``min(tier ttl, hard expiry - now)``, so a value is
-never served longer than the TTL it was written with, however often it is promoted.
+The header carries the value's hard expiry (unix time) and its kind (a value, a cached "not
+found", or a delete's tombstone). Promotion to an upper tier uses ``min(tier ttl, hard expiry -
+now)``, so a value is never served longer than the TTL it was written with, however often it is
+promoted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from aiocache.serializers import BaseSerializer
 _HEADER = struct.Struct(">dB")
 HEADER_LEN = _HEADER.size
 KIND_VALUE = 0
-KIND_NEGATIVE = 1
+KIND_NEGATIVE = 1  # a cached "not found"; the payload is the status message
+KIND_TOMBSTONE = 2  # a delete's marker in L2 (payload: its id) that older loads cannot overwrite
 
 
 def wrap(payload: bytes, hard_expiry: float, kind: int = KIND_VALUE) -> bytes:

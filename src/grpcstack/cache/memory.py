@@ -11,6 +11,7 @@ import fnmatch
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiocache.base import BaseCache
@@ -22,13 +23,16 @@ _FOREVER = float("inf")
 class LRUMemoryCache(BaseCache):  # type: ignore[misc]
     NAME = "lru_memory"
 
-    def __init__(self, maxsize: int = 1000, **kwargs: Any) -> None:
+    def __init__(
+        self, maxsize: int = 1000, clock: Callable[[], float] = time.monotonic, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("timeout", None)  # a dict lookup needs no asyncio.wait_for
         kwargs.setdefault("serializer", NullSerializer())
         super().__init__(**kwargs)
         if maxsize <= 0:
             raise ValueError("maxsize must be positive")
         self.maxsize = maxsize
+        self.clock = clock
         self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self.evictions = 0
         self.expirations = 0
@@ -40,7 +44,7 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
         item = self._data.get(key)
         if item is None:
             return None
-        if item[0] <= time.monotonic():
+        if item[0] <= self.clock():
             del self._data[key]
             self.expirations += 1
             return None
@@ -49,10 +53,10 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
 
     def set_nowait(self, key: str, value: Any, ttl: float | None = None) -> bool:
         data = self._data
-        data[key] = (time.monotonic() + ttl if ttl else _FOREVER, value)
+        data[key] = (self.clock() + ttl if ttl else _FOREVER, value)
         data.move_to_end(key)
         if len(data) > self.maxsize:
-            now = time.monotonic()
+            now = self.clock()
             while len(data) > self.maxsize:
                 _, (deadline, _) = data.popitem(last=False)
                 if deadline <= now:
@@ -63,6 +67,9 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
 
     def delete_nowait(self, key: str) -> int:
         return 1 if self._data.pop(key, None) is not None else 0
+
+    def clear_nowait(self) -> None:
+        self._data.clear()
 
     def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a Redis-style glob (``*``, ``?``, ``[...]``)."""
@@ -110,7 +117,7 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
 
     async def _increment(self, key: str, delta: int, _conn: Any = None) -> int:
         item = self._data.get(key)
-        if item is None or item[0] <= time.monotonic():
+        if item is None or item[0] <= self.clock():
             self.set_nowait(key, delta)
             return delta
         new = int(item[1]) + delta
@@ -121,7 +128,7 @@ class LRUMemoryCache(BaseCache):  # type: ignore[misc]
         item = self._data.get(key)
         if item is None:
             return False
-        self._data[key] = (time.monotonic() + ttl if ttl else _FOREVER, item[1])
+        self._data[key] = (self.clock() + ttl if ttl else _FOREVER, item[1])
         return True
 
     async def _delete(self, key: str, _conn: Any = None) -> int:

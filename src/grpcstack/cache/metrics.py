@@ -45,6 +45,18 @@ class CacheMetrics:
             ("service", "method"),
             **r,
         )
+        self.stale_writes = Counter(
+            "grpcstack_cache_stale_writes_total",
+            "Load results kept out of Redis: an invalidation came after the load's lookup.",
+            ("service", "method"),
+            **r,
+        )
+        self.abandoned = Counter(
+            "grpcstack_cache_abandoned_loads_total",
+            "Loads cancelled because every caller waiting for them had left.",
+            ("service", "method"),
+            **r,
+        )
         self.latency = Histogram(
             "grpcstack_cache_tier_seconds",
             "Latency of one tier operation.",

@@ -3,6 +3,11 @@
 aiocache 0.12's RedisCache builds its own pool, writes with setex (deprecated on redis-py 8),
 clears with KEYS and, without a namespace, FLUSHDB. This backend borrows the Resources client,
 writes ``SET key value PX ms``, invalidates with SCAN + UNLINK only, and never closes the client.
+
+Versioned writes go through one Lua script that declares both of its keys (the method's
+generation counter and the entry, which share a ``{hash tag}`` so the script also runs on Redis
+Cluster): the entry is written only if the generation is still the one the load began under and
+no tombstone newer than the load's own lookup sits on the key.
 """
 
 from __future__ import annotations
@@ -12,10 +17,25 @@ from typing import TYPE_CHECKING, Any
 from aiocache.backends.redis import RedisBackend
 from aiocache.base import BaseCache
 
-from .envelope import RawBytesSerializer
+from .envelope import HEADER_LEN, KIND_TOMBSTONE, RawBytesSerializer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+
+# KEYS: generation counter, entry; ARGV: expected generation, tombstone id seen at lookup ("" for
+# none), blob, ttl in ms. Returns {written (0/1), current generation}.
+_CAS = f"""
+local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
+if gen ~= tonumber(ARGV[1]) then return {{0, gen}} end
+local cur = redis.call('GET', KEYS[2])
+if cur and string.byte(cur, {HEADER_LEN}) == {KIND_TOMBSTONE}
+   and string.sub(cur, {HEADER_LEN + 1}) ~= ARGV[2] then
+  return {{0, gen}}
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return {{1, gen}}
+"""
 
 
 class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
@@ -30,6 +50,23 @@ class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
         self.client = client
         self.scan_count = scan_count
         self.unlink_batch = unlink_batch
+        self._cas_script: Any = client.register_script(_CAS)
+
+    async def cas_set(
+        self, gen_key: str, key: str, gen: int, tombstone: bytes, blob: bytes, ttl: float
+    ) -> tuple[bool, int]:
+        """Write ``blob`` unless the generation moved or a newer tombstone is on the key."""
+        written, current = await self._cas_script(
+            keys=[gen_key, key], args=[gen, tombstone, blob, max(1, int(ttl * 1000))]
+        )
+        return bool(int(written)), int(current)
+
+    async def generations(self, keys: list[str]) -> list[int]:
+        values = await self.client.mget(keys)
+        return [int(v) if v is not None else 0 for v in values]
+
+    async def bump(self, gen_key: str) -> int:
+        return int(await self.client.incr(gen_key))
 
     async def _set(
         self,

@@ -1,21 +1,23 @@
 """TieredCache: L1 memory -> L2 Redis -> L3 DuckDB -> the loader (MongoDB or any source).
 
+* Keys are versioned: ``<namespace>:<key>:g<generation>``, the generation being the method's
+  counter (generations.py). Invalidating a method is one INCR; older entries are never read
+  again. Deleting one key leaves a tombstone in L2 for longer than any load can run.
 * get: tiers top-down; a hit in tier i is promoted to the tiers above it with a TTL capped by the
   value's remaining life (the hard expiry travels with the value).
-* set writes through; delete and glob invalidation run bottom-up on every tier (so a concurrent
-  reader cannot promote the old value back into a tier already cleared) and are broadcast over
-  Redis pub/sub so other processes drop their L1 copies.
 * get_or_load is single-flight: N concurrent misses on one key run the loader once, in its own
-  task, so a caller cancelled by its deadline does not cancel the load for the others. Loader
-  errors are not cached; a "not found" is, briefly (negative caching); an invalidation during a
-  load keeps its (possibly stale) result out of the tiers.
+  task, bounded by ``load_timeout``, cancelled when its last waiter leaves (unless
+  ``finish_orphaned``) and at close. Its result reaches L2 through a compare-and-set that
+  refuses it if the generation moved or a tombstone newer than the load's lookup is there (so a
+  load begun before an invalidation, in any process, cannot write after it), and L1 only if no
+  invalidation reached this process meanwhile.
+* Loader errors are not cached; a ``Negative`` (not found) is, briefly.
 * a tier that fails or exceeds its time budget is skipped and counted, never fails the call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -26,14 +28,25 @@ from typing import Any
 
 from aiocache.base import BaseCache
 
-from .envelope import KIND_NEGATIVE, KIND_VALUE, unwrap, wrap
+from .envelope import KIND_NEGATIVE, KIND_TOMBSTONE, KIND_VALUE, unwrap, wrap
+from .generations import Generations
+from .invalidation import Invalidation
+from .listener import InvalidationListener
 from .memory import LRUMemoryCache
 from .metrics import CacheMetrics
 
 log = logging.getLogger("grpcstack.cache")
 
-#: returns the value's bytes, or None for "not found" (cached for the negative TTL)
-Loader = Callable[[], Awaitable[bytes | None]]
+
+@dataclass(frozen=True)
+class Negative:
+    """A loader's "not found": cached for the negative TTL; ``message`` is replayed."""
+
+    message: bytes = b""
+
+
+#: returns the value's bytes, or a Negative (None is a Negative without a message)
+Loader = Callable[[], Awaitable[bytes | Negative | None]]
 
 
 @dataclass
@@ -44,7 +57,23 @@ class Tier:
     timeout: float | None = None  # per-operation budget (remote tiers)
 
 
-class TieredCache:
+@dataclass(frozen=True)
+class _Guard:
+    """What a lookup saw: a write based on it is refused once any of it has changed."""
+
+    method: str
+    gen: int
+    epoch: tuple[int, int]
+    tombstone: bytes  # id of the tombstone found in L2, b"" if none
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task[tuple[int, bytes]]
+    waiters: int = 0
+
+
+class TieredCache(Invalidation):
     def __init__(
         self,
         tiers: list[Tier],
@@ -53,7 +82,13 @@ class TieredCache:
         namespace: str,
         metrics: CacheMetrics | None = None,
         pubsub: Any = None,
+        subscriber: Any = None,
         negative_ttl: float = 5.0,
+        load_timeout: float = 30.0,
+        finish_orphaned: bool = False,
+        on_load: Callable[[], Callable[[], None] | None] | None = None,
+        clock: Callable[[], float] = time.time,
+        versioned: bool = True,
     ) -> None:
         if not tiers:
             raise ValueError("a cache needs at least one tier")
@@ -62,21 +97,62 @@ class TieredCache:
         self.namespace = namespace
         self.metrics = metrics or CacheMetrics()
         self.negative_ttl = negative_ttl
+        self.load_timeout = load_timeout
+        self.finish_orphaned = finish_orphaned
+        #: called as a load starts (in the first caller's context); returns its release
+        self.on_load = on_load
         self.default_ttl = max(t.ttl for t in tiers)
+        self.clock = clock  # wall clock: hard expiries travel between processes
+        #: False: every key stays at generation 0 (only the benchmark's baseline uses this)
+        self.versioned = versioned
         self._l1 = tiers[0].cache if isinstance(tiers[0].cache, LRUMemoryCache) else None
-        self._inflight: dict[str, asyncio.Task[tuple[int, bytes]]] = {}
-        self._epoch = 0  # bumped by every delete/invalidate, here or in another process
-        self._pubsub = pubsub
-        self.channel = f"{namespace}:invalidate"
+        l2 = next((t for t in tiers if hasattr(t.cache, "cas_set")), None)
+        self._l2 = l2
+        self.generations = Generations(
+            namespace, l2.cache if l2 is not None else None, l2.timeout if l2 else None
+        )
+        # a tombstone outlives any load that could have looked the key up before it
+        self.tombstone_ttl = load_timeout + 2 * ((l2.timeout or 1.0) if l2 else 1.0) + 1.0
+        self._inflight: dict[str, _Flight] = {}
+        self._epoch = 0  # bumped by glob invalidations and listener reconnects
+        self._epochs: dict[str, int] = {}  # per method: deletes/invalidations seen here
+        self._patterns: dict[str, str] = {}
         self.instance_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._listener: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()
+        self.channel = f"{namespace}:invalidate"
+        self.listener: InvalidationListener | None = None
+        self.generations.on_applied = self._announce_generation
+        if pubsub is not None:
+            self.listener = InvalidationListener(
+                pubsub,
+                subscriber if subscriber is not None else pubsub,
+                self.channel,
+                self.instance_id,
+                self._on_message,
+                self._on_subscribed,
+                owns_subscriber=subscriber is not None,
+            )
 
-    def full_key(self, key: str) -> str:
-        return f"{self.namespace}:{key}"
+    def full_key(self, key: str, gen: int = 0) -> str:
+        return f"{self.namespace}:{key}:g{gen}"
+
+    def full_pattern(self, pattern: str) -> str:
+        """A glob relative to the namespace, matching every generation."""
+        return f"{self.namespace}:{pattern}"
 
     def _select(self, names: Collection[str] | None) -> list[tuple[int, Tier]]:
         return [(i, t) for i, t in enumerate(self.tiers) if names is None or t.name in names]
+
+    def _epoch_of(self, method: str) -> tuple[int, int]:
+        return self._epoch, self._epochs.get(method, 0)
+
+    def _bump_epoch(self, method: str) -> None:
+        self._epochs[method] = self._epochs.get(method, 0) + 1
+
+    def _still_valid(self, guard: _Guard) -> bool:
+        return (
+            self._epoch_of(guard.method) == guard.epoch
+            and self.generations.local.get(guard.method, 0) == guard.gen
+        )
 
     # --- one tier ---------------------------------------------------------------------
 
@@ -99,22 +175,49 @@ class TieredCache:
         return None if raw is None else unwrap(raw)
 
     async def _put(
-        self, i: int, tier: Tier, full: str, expiry: float, kind: int, payload: bytes, method: str
-    ) -> None:
-        ttl = min(tier.ttl, expiry - time.time())
+        self,
+        i: int,
+        tier: Tier,
+        full: str,
+        expiry: float,
+        kind: int,
+        payload: bytes,
+        guard: _Guard | None,
+        method: str,
+    ) -> bool:
+        """False when a guarded L2 write was refused (the value is stale)."""
+        ttl = min(tier.ttl, expiry - self.clock())
         if ttl <= 0:
-            return
+            return True
         try:
             if i == 0 and self._l1 is not None:
                 self._l1.set_nowait(full, (expiry, kind, payload), ttl)
                 self.metrics.l1_size.set(len(self._l1))
                 self.metrics.l1_evictions.set(self._l1.evictions)
+            elif guard is not None and tier is self._l2:
+                written, current = await self._timed(
+                    tier,
+                    "set",
+                    tier.cache.cas_set(  # type: ignore[attr-defined]
+                        self.generations.key(guard.method),
+                        full,
+                        guard.gen,
+                        guard.tombstone,
+                        wrap(payload, expiry, kind),
+                        ttl,
+                    ),
+                )
+                if not written:
+                    self.metrics.child(self.metrics.stale_writes, self.service, method).inc()
+                    self.generations.observe(guard.method, current)
+                    return False
             else:
                 blob = wrap(payload, expiry, kind)
                 await self._timed(tier, "set", tier.cache.set(full, blob, ttl=ttl))
         except Exception as exc:  # a tier must never fail the call
             self.metrics.child(self.metrics.errors, self.service, method, tier.name).inc()
             log.warning("cache set failed on %s for %s: %r", tier.name, full, exc)
+        return True
 
     async def _write(
         self,
@@ -124,23 +227,40 @@ class TieredCache:
         kind: int,
         payload: bytes,
         method: str,
+        guard: _Guard | None = None,
     ) -> None:
+        """Guarded writes go to L2 first (the compare-and-set decides), then the local tiers."""
+        if guard is not None:
+            if not self._still_valid(guard):
+                return
+            for i, tier in tiers:
+                if tier is self._l2:
+                    if not await self._put(i, tier, full, expiry, kind, payload, guard, method):
+                        return
+            if not self._still_valid(guard):
+                return
+            tiers = [(i, t) for i, t in tiers if t is not self._l2]
         remote = []
         for i, tier in tiers:
             if i == 0:
-                await self._put(i, tier, full, expiry, kind, payload, method)
+                await self._put(i, tier, full, expiry, kind, payload, guard, method)
             else:
-                remote.append(self._put(i, tier, full, expiry, kind, payload, method))
+                remote.append(self._put(i, tier, full, expiry, kind, payload, guard, method))
         if remote:
             await asyncio.gather(*remote)
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def lookup(
-        self, key: str, *, method: str = "", tiers: Collection[str] | None = None
-    ) -> tuple[int, bytes] | None:
-        """(kind, payload) from the first tier that has it, promoted upwards; None on a miss."""
-        full = self.full_key(key)
+    async def _lookup(
+        self, key: str, method: str, tiers: Collection[str] | None
+    ) -> tuple[tuple[int, bytes] | None, _Guard]:
+        gen = await self.generations.current(method) if self.versioned else 0
+        if gen is None:  # unknown generation: no tier may be trusted or written this time
+            m = self.metrics
+            m.child(m.errors, self.service, method, "generation").inc()
+            return None, _Guard(method, -1, self._epoch_of(method), b"")
+        guard = _Guard(method, gen, self._epoch_of(method), b"")
+        full = self.full_key(key, gen)
         m = self.metrics
         selected = self._select(tiers)
         for pos, (i, tier) in enumerate(selected):
@@ -150,15 +270,24 @@ class TieredCache:
                 m.child(m.errors, self.service, method, tier.name).inc()
                 log.debug("cache get failed on %s: %r", tier.name, exc)
                 continue
-            if entry is None or entry[0] <= time.time():
+            if entry is not None and entry[1] == KIND_TOMBSTONE:
+                guard = _Guard(method, gen, guard.epoch, entry[2])
+                entry = None
+            if entry is None or entry[0] <= self.clock():
                 m.child(m.misses, self.service, method, tier.name).inc()
                 continue
             m.child(m.hits, self.service, method, tier.name).inc()
             expiry, kind, payload = entry
             if pos:
-                await self._write(selected[:pos], full, expiry, kind, payload, method)
-            return kind, payload
-        return None
+                await self._write(selected[:pos], full, expiry, kind, payload, method, guard)
+            return (kind, payload), guard
+        return None, guard
+
+    async def lookup(
+        self, key: str, *, method: str = "", tiers: Collection[str] | None = None
+    ) -> tuple[int, bytes] | None:
+        """(kind, payload) from the first tier that has it, promoted upwards; None on a miss."""
+        return (await self._lookup(key, method, tiers))[0]
 
     async def get(self, key: str, *, method: str = "") -> bytes | None:
         found = await self.lookup(key, method=method)
@@ -174,8 +303,11 @@ class TieredCache:
         tiers: Collection[str] | None = None,
         kind: int = KIND_VALUE,
     ) -> None:
-        expiry = time.time() + (ttl if ttl is not None else self.default_ttl)
-        await self._write(self._select(tiers), self.full_key(key), expiry, kind, value, method)
+        """An unconditional write (it also replaces a tombstone)."""
+        gen = await self.generations.current(method)
+        full = self.full_key(key, self.generations.best_known(method) if gen is None else gen)
+        expiry = self.clock() + (ttl if ttl is not None else self.default_ttl)
+        await self._write(self._select(tiers), full, expiry, kind, value, method)
 
     async def get_or_load(
         self,
@@ -188,26 +320,44 @@ class TieredCache:
     ) -> tuple[int, bytes]:
         """(kind, payload): from a tier, or from ONE loader run shared by concurrent callers."""
         m = self.metrics
-        found = await self.lookup(key, method=method, tiers=tiers)
+        found, guard = await self._lookup(key, method, tiers)
         if found is not None:
             m.child(m.lookups, self.service, method, "hit").inc()
             return found
         m.child(m.lookups, self.service, method, "miss").inc()
-        task = self._inflight.get(key)
-        if task is None:
+        flight_key = self.full_key(key, guard.gen)  # a new generation never joins an old load
+        flight = self._inflight.get(flight_key)
+        if flight is None:
+            release = self.on_load() if self.on_load is not None else None
             task = asyncio.get_running_loop().create_task(
-                self._load(key, loader, method, ttl, tiers)
+                self._load(key, loader, ttl, tiers, guard)
             )
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._load_done(key, t))
+            flight = self._inflight[flight_key] = _Flight(task)
+            # a done callback: it runs even for a task cancelled before its first step
+            task.add_done_callback(lambda t: self._load_done(flight_key, t, release))
         else:
             m.child(m.coalesced, self.service, method).inc()
-        # a cancelled caller stops waiting; the shared load goes on for the others
-        return await asyncio.shield(task)
+        flight.waiters += 1
+        try:
+            # a cancelled caller stops waiting; the shared load goes on for the others
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done() and not self.finish_orphaned:
+                # nobody is left to answer: stop the source query rather than pin the key
+                if self._inflight.get(flight_key) is flight:
+                    del self._inflight[flight_key]
+                flight.task.cancel()
+                m.child(m.abandoned, self.service, method).inc()
 
-    def _load_done(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
+    def _load_done(
+        self, flight_key: str, task: asyncio.Task[Any], release: Callable[[], None] | None
+    ) -> None:
+        if release is not None:
+            release()
+        flight = self._inflight.get(flight_key)
+        if flight is not None and flight.task is task:
+            del self._inflight[flight_key]
         if not task.cancelled():
             task.exception()  # retrieved: no warning when every waiter has left
 
@@ -215,115 +365,40 @@ class TieredCache:
         self,
         key: str,
         loader: Loader,
-        method: str,
         ttl: float | None,
         tiers: Collection[str] | None,
+        guard: _Guard,
     ) -> tuple[int, bytes]:
-        epoch = self._epoch
+        method = guard.method
         self.metrics.child(self.metrics.loads, self.service, method).inc()
-        value = await loader()  # an exception propagates to every waiter and is not cached
-        kind, payload = (KIND_NEGATIVE, b"") if value is None else (KIND_VALUE, value)
-        if self._epoch != epoch:
-            return kind, payload  # invalidated while loading: serve it, but do not keep it
-        if kind == KIND_NEGATIVE:
-            if self.negative_ttl > 0:
-                await self.set(
-                    key, b"", self.negative_ttl, method=method, tiers=tiers, kind=KIND_NEGATIVE
-                )
+        async with asyncio.timeout(self.load_timeout):
+            value = await loader()  # an exception reaches every waiter, is not cached
+        if isinstance(value, bytes):
+            kind, payload = KIND_VALUE, value
+            lifetime = ttl if ttl is not None else self.default_ttl
         else:
-            await self.set(key, payload, ttl, method=method, tiers=tiers)
+            kind, payload = KIND_NEGATIVE, value.message if value is not None else b""
+            lifetime = self.negative_ttl
+        if lifetime > 0 and guard.gen >= 0:
+            full = self.full_key(key, guard.gen)
+            expiry = self.clock() + lifetime
+            await self._write(self._select(tiers), full, expiry, kind, payload, method, guard)
         return kind, payload
 
-    # --- invalidation ------------------------------------------------------------------
-
-    async def delete(self, key: str, *, method: str = "") -> None:
-        full = self.full_key(key)
-        self._epoch += 1
-        for tier in reversed(self.tiers):
-            try:
-                await self._timed(tier, "delete", tier.cache.delete(full))
-            except Exception as exc:
-                self.metrics.child(self.metrics.errors, self.service, method, tier.name).inc()
-                log.warning("cache delete failed on %s: %r", tier.name, exc)
-        await self._publish("del", full)
-
-    async def invalidate(self, pattern: str, *, method: str = "") -> dict[str, int]:
-        """Delete every key matching a glob (relative to the namespace) on every tier."""
-        full = self.full_key(pattern)
-        self._epoch += 1
-        deleted: dict[str, int] = {}
-        for tier in reversed(self.tiers):
-            try:
-                result = tier.cache.delete_matching(full)
-                if asyncio.iscoroutine(result):
-                    result = await result
-                deleted[tier.name] = int(result)
-            except Exception as exc:
-                self.metrics.child(self.metrics.errors, self.service, method, tier.name).inc()
-                deleted[tier.name] = -1
-                log.warning("cache invalidation failed on %s: %r", tier.name, exc)
-        await self._publish("glob", full)
-        return deleted
-
-    # --- cross-process L1 invalidation --------------------------------------------------------
-
-    async def _publish(self, op: str, full: str) -> None:
-        if self._pubsub is None:
-            return
-        message = json.dumps({"src": self.instance_id, "op": op, "key": full})
-        try:
-            await self._pubsub.publish(self.channel, message)
-        except Exception as exc:  # peers' L1 entries then expire by their TTL
-            log.warning("cache invalidation broadcast failed: %r", exc)
-
     async def start(self) -> None:
-        if self._pubsub is None or self._listener is not None:
-            return
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
-        try:
-            async with asyncio.timeout(2):
-                await self._listening.wait()
-        except TimeoutError:
-            log.warning("cache invalidation channel not subscribed yet; retrying in background")
-
-    def _drop_local(self, op: str, full: str) -> None:
-        self._epoch += 1
-        l1 = self.tiers[0].cache
-        if isinstance(l1, LRUMemoryCache):
-            if op == "del":
-                l1.delete_nowait(full)
-            else:
-                l1.delete_matching(full)
-
-    async def _listen(self) -> None:
-        while True:
-            pubsub = self._pubsub.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                self._listening.set()
-                async for message in pubsub.listen():
-                    data = json.loads(message["data"])
-                    if data.get("src") != self.instance_id:
-                        self._drop_local(data["op"], data["key"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # reconnect; L1 TTLs bound the staleness meanwhile
-                log.warning("cache invalidation listener failed (%r); resubscribing", exc)
-                await asyncio.sleep(1)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
+        if self.listener is not None:
+            await self.listener.start()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                pass
-            self._listener = None
+        await self.generations.close()
+        if self.listener is not None:
+            await self.listener.close()
+        flights = [f.task for f in self._inflight.values()]
+        self._inflight.clear()
+        for task in flights:
+            task.cancel()
+        if flights:
+            await asyncio.gather(*flights, return_exceptions=True)
         for tier in self.tiers:
             flush = getattr(tier.cache, "flush", None)
             if flush is not None:

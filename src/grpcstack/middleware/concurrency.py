@@ -6,6 +6,7 @@ reflection are not counted, so probes keep working under load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
@@ -41,6 +42,21 @@ class ConcurrencyLimitMiddleware(Middleware):
             )
         self.in_flight += 1
         call.extra[_ADMITTED] = True
+
+    def hand_over(self, call: CallContext) -> Callable[[], None] | None:
+        """Pass the call's slot to work that outlives it (a cache load); the returned
+        function frees it. None if the call holds no slot."""
+        if not call.extra.pop(_ADMITTED, False):
+            return None
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        return release
 
     def on_done(self, call: CallContext) -> None:
         if call.extra.get(_ADMITTED):
