@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "is accepted for scripts that pass it and changes nothing",
     )
     serve.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING ...)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="override GRPC_WORKERS: N processes on one port (SO_REUSEPORT) under a supervisor "
+        "that restarts crashed ones and forwards SIGTERM; 0 = one per CPU",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks, variants interleaved in one run")
     modes = bench.add_subparsers(dest="mode", metavar="MODE", required=True)
@@ -125,12 +131,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.port is not None and not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (0-65535)")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers} must be 0 (one per CPU) or more")
     try:
         server = build_server(args.target, args.port)
     except (TargetError, SettingsError) as exc:
         print(f"grpcstack: {exc}", file=sys.stderr)
         return 2
     logs.configure((args.log_level or server.settings.LOG_LEVEL).upper())
+    from . import workers
+
+    n = workers.worker_count(
+        args.workers if args.workers is not None else server.settings.GRPC_WORKERS
+    )
+    if n > 1:
+        try:
+            return workers.supervise(args.target, server, n, args.log_level)
+        except OSError as exc:
+            print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
+            return 1
+    workers.prepare_worker(server)
     try:
         run_server(server)
     except OSError as exc:  # e.g. the port is taken

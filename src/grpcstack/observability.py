@@ -2,6 +2,10 @@
 
 Each server owns a ``CollectorRegistry`` (several servers can share a process, as in tests); the
 exporter serves it over HTTP on GRPC_METRICS_PORT, started and stopped with the server.
+
+The format follows the scraper's ``Accept`` header: Prometheus's text format 0.0.4 by default, and
+OpenMetrics when asked for (Prometheus does with exemplar storage on): only OpenMetrics carries the
+trace-id exemplars that the tracing middleware attaches to the latency histogram.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger("grpcstack.metrics")
 
@@ -18,7 +22,7 @@ _MAX_REQUEST_HEAD = 8192
 
 
 class MetricsExporter:
-    """Serves ``GET /metrics`` (text format 0.0.4) for one registry."""
+    """Serves ``GET /metrics`` for one registry, in the format the ``Accept`` header picks."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self.registry = registry
@@ -47,15 +51,15 @@ class MetricsExporter:
         try:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            request_line, _, header_block = head.decode("latin-1").partition("\r\n")
             parts = request_line.split()
             if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
                 await self._reply(writer, 405, b"method not allowed\n", "text/plain")
             elif parts[1].split("?")[0] not in ("/metrics", "/"):
                 await self._reply(writer, 404, b"not found\n", "text/plain")
             else:
-                body = generate_latest(self.registry)
-                await self._reply(writer, 200, body, CONTENT_TYPE_LATEST, head=parts[0] == "HEAD")
+                body, ctype = await self.render(_header(header_block, "accept"))
+                await self._reply(writer, 200, body, ctype, head=parts[0] == "HEAD")
         except (
             TimeoutError,
             asyncio.IncompleteReadError,
@@ -65,6 +69,11 @@ class MetricsExporter:
             pass
         finally:
             writer.close()
+
+    async def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition body and its content type for a scrape with this ``Accept`` header."""
+        encoder, ctype = choose_encoder(accept)
+        return encoder(self.registry), ctype
 
     @staticmethod
     async def _reply(
@@ -78,3 +87,11 @@ class MetricsExporter:
         if not head:
             writer.write(body)
         await writer.drain()
+
+
+def _header(block: str, name: str) -> str:
+    for line in block.split("\r\n"):
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return ""

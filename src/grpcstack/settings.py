@@ -167,6 +167,10 @@ class ServerSettings(BaseSettings):
     GRPC_CACHE_NEGATIVE_TTL_SECONDS: Annotated[float, Field(ge=0)] = 5.0
     GRPC_CACHE_TIER_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 0.25
 
+    # Operations (issue 19): worker processes and tracing
+    GRPC_WORKERS: Annotated[int, Field(ge=0)] = 1  # processes on one port; 0 = one per CPU
+    GRPC_TRACING: Literal["auto", "on", "off"] = "auto"  # auto: on when an OTEL_* exporter is set
+
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:
         if (self.GRPC_TLS_CERT_FILE is None) != (self.GRPC_TLS_KEY_FILE is None):
