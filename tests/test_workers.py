@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from calls import call
+from calls import call, call_grpclib
+from grpclib.client import Channel
 from grpclib.const import Status
 from ops_process import TARGET, ServeProcess, sample, scrape, spread, who
 from redis_process import free_port
@@ -130,3 +131,88 @@ async def test_workers_from_the_setting_and_a_worker_that_cannot_start(serve_pro
     typo = serve_proc("ops_targets:NoSuchServer", "--workers", "2")
     assert await typo.wait_exit() == 2
     assert "has no attribute" in typo.text()
+
+
+class Counted:
+    """Calls, each counted by outcome (every call counts against the rate limit)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.refused = 0
+        self.ok_by_pid: dict[int, int] = {}
+
+    async def __call__(self, method: str, request: EchoRequest, ch: Channel | None = None) -> Any:
+        if ch is None:  # a new connection
+            out = await call("grpclib", self.port, method, request)
+        else:
+            out = await call_grpclib(ch, method, request, None, 10.0)
+        if out.status is Status.OK:
+            self.ok += 1
+            if method != "Echo":  # Echo's answer names the process that loaded it
+                pid = int(out.responses[0].message)
+                self.ok_by_pid[pid] = self.ok_by_pid.get(pid, 0) + 1
+        else:
+            assert out.status is Status.RESOURCE_EXHAUSTED, (out.status, out.message)
+            self.refused += 1
+        return out
+
+    async def channel_to(self, pid: int, max_tries: int = 100) -> Channel:
+        """A connection that the kernel gave to worker ``pid`` (new ones until it does)."""
+        for _ in range(max_tries):
+            ch = Channel("127.0.0.1", self.port)
+            out = await self("Expand", EchoRequest(), ch)
+            if int(out.responses[0].message) == pid:
+                return ch
+            ch.close()
+        raise AssertionError(f"no connection reached worker {pid} in {max_tries} tries")
+
+    async def echo(self, ch: Channel, key: str) -> str:
+        out = await self("Echo", EchoRequest(message=key), ch)
+        assert out.status is Status.OK
+        return str(out.responses[0].message)
+
+
+async def test_workers_share_rate_limits_and_cache_through_redis(
+    serve_proc: Any, redis_process: Any
+) -> None:
+    limit = 150
+    sup = serve_proc(
+        TARGET,
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        env={
+            "REDIS_URL": redis_process.url,
+            "GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS": str(limit),
+            "GRPC_RATE_LIMIT_WINDOW_SECONDS": "3600",
+        },
+    )
+    port = await sup.wait_ready(2)
+    a, b = sorted(sup.worker_pids())
+    calls = Counted(port)
+    to_a, to_b = await calls.channel_to(a), await calls.channel_to(b)
+    try:
+        # L1 invalidation across workers: B holds the value in its L1 (from L2), A invalidates
+        first = await calls.echo(to_a, "k")
+        assert first.startswith(f"{a}:")
+        assert await calls.echo(to_b, "k") == first  # B: an L2 hit, now in B's L1 too
+        assert await calls.echo(to_b, "k") == first
+        out = await calls("Collect", EchoRequest(message="k"), to_a)
+        assert out.status is Status.OK
+        # the pub/sub message reaches B's L1 (not at once: wait for it, bounded)
+        async with asyncio.timeout(30):
+            while (text := await calls.echo(to_b, "k")) == first:
+                await asyncio.sleep(0.05)
+        assert text.startswith(f"{b}:")  # loaded afresh by B
+    finally:
+        to_a.close()
+        to_b.close()
+    assert calls.ok < limit - 20, "the cache part used up the rate limit"
+    # one global limit for both workers: calls pass on both until the shared count reaches it
+    while calls.refused < 10:
+        assert calls.ok + calls.refused < limit * 2, "the limit never held"
+        await calls("Expand", EchoRequest())
+    assert limit - 1 <= calls.ok <= limit  # -1: a window boundary weighs the previous window
+    assert calls.ok_by_pid.get(a, 0) > 5 and calls.ok_by_pid.get(b, 0) > 5
