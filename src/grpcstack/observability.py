@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -19,6 +21,22 @@ from prometheus_client.exposition import choose_encoder
 log = logging.getLogger("grpcstack.metrics")
 
 _MAX_REQUEST_HEAD = 8192
+_TRACE_EXPORTER_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+)
+
+
+def trace_exporter_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the standard OTEL_* variables ask for a trace exporter (GRPC_TRACING=auto turns
+    tracing on then). Checked without importing OpenTelemetry."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return any(env.get(name) for name in _TRACE_EXPORTER_VARIABLES)
 
 
 class MetricsExporter:
