@@ -4,6 +4,7 @@ one trace; semantic-convention attributes, statuses, stream events, exemplars, s
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="tracing needs grpcstack[otel]")
 
 from calls import call, call_grpclib
-from conftest import running, settings
+from conftest import ROOT, running, settings
 from grpclib.client import Channel
 from grpclib.const import Status
 from opentelemetry import propagate, trace
@@ -297,3 +298,49 @@ def test_tracing_is_off_unless_an_exporter_is_configured() -> None:
     assert names.index("tracing") == names.index("metrics") + 1
     off = AsyncBaseServer(settings(GRPC_TRACING="off")).middlewares()
     assert "tracing" not in [m.name for m in off]
+
+
+_GLOBAL_SPANS = InMemorySpanExporter()
+
+
+def global_provider() -> TracerProvider:
+    """The process-wide provider (set once; code without a ``tracer_provider`` argument uses it)."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_GLOBAL_SPANS))
+    trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider() is provider
+    return provider
+
+
+def readme_tracing_example() -> dict[str, Any]:
+    text = (ROOT / "README.md").read_text().split("## Tracing", 1)[1].split("\n## ", 1)[0]
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S))
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+async def test_the_readme_tracing_example_links_two_services() -> None:
+    provider = global_provider()
+    _GLOBAL_SPANS.clear()
+    front_echo = readme_tracing_example()["FrontEcho"]
+    backend = TracedServer(settings(), EchoService(), provider)
+    async with running(backend):
+        assert backend.port is not None
+        front = TracedServer(settings(), front_echo(backend.port), provider)
+        async with running(front):
+            assert front.port is not None
+            out = await call("grpclib", front.port, "Echo", EchoRequest(message="r"))
+    assert out.status is Status.OK and out.responses[0].message == "front:r"
+    finished = _GLOBAL_SPANS.get_finished_spans()
+    (client,) = by_kind(finished, SpanKind.CLIENT)
+    servers = by_kind(finished, SpanKind.SERVER)
+    assert len(servers) == 2
+    assert len({s.context.trace_id for s in finished}) == 1
+    outer = next(s for s in servers if s.parent is None)
+    inner = next(s for s in servers if s is not outer)
+    assert client.parent.span_id == outer.context.span_id
+    assert inner.parent.span_id == client.context.span_id
