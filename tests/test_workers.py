@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,16 @@ async def test_workers_share_one_port_and_one_metrics_endpoint(serve_proc: Any) 
     assert om.rstrip().endswith("# EOF")
     assert sample(om, "grpc_server_handled_total", grpc_code="OK", **labels) == calls
     assert "# EOF" not in text
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # the merged text exposition is valid and lint-clean
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [promtool, "check", "metrics"],
+            input=text,
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 async def test_a_crashed_worker_is_restarted(serve_proc: Any) -> None:
