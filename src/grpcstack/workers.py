@@ -7,7 +7,8 @@ of the connection, so one long-lived HTTP/2 connection stays on one worker). The
 * keeps a bound, never-listening SO_REUSEPORT socket on the port, so ``--port 0`` has one port to
   give every worker and the port stays reserved while a worker restarts;
 * waits for every worker to report ready (a pipe), then logs ``... on port P``;
-* restarts a worker that exits on its own, with a backoff that grows while it keeps crashing;
+* restarts a worker that exits on its own, with a backoff that grows while it keeps crashing
+  (and keeps doing so, as a process manager does: a crash loop shows in the log and the metrics);
 * forwards SIGTERM/SIGINT to every worker (each drains as a single server does) and exits when
   all have: 0 when every worker drained cleanly; a second signal is forwarded too (immediate exit);
 * serves ONE ``/metrics`` on GRPC_METRICS_PORT for all workers: each worker exposes its own registry
@@ -243,6 +244,8 @@ class Supervisor:
                 pass
             worker.restarts += 1
             await self._spawn(worker)
+            if self.stopping:  # the signal came while it was being spawned: pass it on
+                await self._signal_all(signal.SIGTERM)
 
     # --- lifecycle -----------------------------------------------------------------------
 
