@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-workers
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec bench-flood
+bench: bench-middleware bench-cache bench-codec bench-flood bench-workers
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67
@@ -59,6 +59,11 @@ bench-cache: $(STAMP)
 bench-middleware: $(STAMP)
 	$(BIN)/grpcstack bench middleware --target platform_services.echo:EchoServer \
 		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
+
+# 2 worker processes vs 1 on one port (issue 19)
+bench-workers: $(STAMP)
+	$(BIN)/grpcstack bench workers --target platform_services.echo:EchoServer \
+		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST) --workers 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

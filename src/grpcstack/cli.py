@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "is accepted for scripts that pass it and changes nothing",
     )
     serve.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING ...)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="override GRPC_WORKERS: N processes on one port (SO_REUSEPORT) under a supervisor "
+        "that restarts crashed ones and forwards SIGTERM; 0 = one per CPU",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks, variants interleaved in one run")
     modes = bench.add_subparsers(dest="mode", metavar="MODE", required=True)
@@ -108,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--rpc-method", help="full method for the RPC part")
     codec.add_argument("--rpc-request-hex", default="", help="its request, hex-encoded")
     codec.add_argument("--rounds", type=int, default=5)
+    wk = modes.add_parser(
+        "workers", help="throughput of --workers N vs one process, same run (h2load)"
+    )
+    wk.add_argument("--target", required=True, help="package.module:ServerClass to serve")
+    wk.add_argument("--method", required=True, help="full method, e.g. /echo.v1.EchoService/Echo")
+    wk.add_argument("--request-hex", default="", help="the request message, hex-encoded")
+    wk.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    wk.add_argument("--rounds", type=int, default=5)
+    wk.add_argument("--requests", type=int, default=20_000, help="requests per round")
+    wk.add_argument("--connections", type=int, default=16)
+    wk.add_argument("--streams", type=int, default=20, help="in flight per connection")
+    wk.add_argument("--no-uvloop", action="store_true", help="serve on plain asyncio")
     cache = modes.add_parser("cache", help="p50/p99 per cache tier, and each layer's overhead")
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
@@ -131,12 +149,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.port is not None and not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (0-65535)")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers} must be 0 (one per CPU) or more")
     try:
         server = build_server(args.target, args.port)
     except (TargetError, SettingsError) as exc:
         print(f"grpcstack: {exc}", file=sys.stderr)
         return 2
     logs.configure((args.log_level or server.settings.LOG_LEVEL).upper())
+    from . import workers
+
+    n = workers.worker_count(
+        args.workers if args.workers is not None else server.settings.GRPC_WORKERS
+    )
+    if n > 1:
+        try:
+            return workers.supervise(args.target, server, n, args.log_level)
+        except OSError as exc:
+            print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
+            return 1
+    workers.prepare_worker(server)
     try:
         run_server(server)
     except OSError as exc:  # e.g. the port is taken
@@ -148,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.mode == "cache":
         return _bench_cache(args)
+    if args.mode == "workers":
+        return _bench_workers(args)
     if args.mode == "flood":
         from .bench import flood
 
@@ -188,6 +222,32 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"grpcstack bench: {exc}", file=sys.stderr)
         return 1
     print(middleware.report(result))
+    return 0
+
+
+def _bench_workers(args: argparse.Namespace) -> int:
+    from .bench import workers
+
+    if args.workers < 2:
+        print("grpcstack bench workers: --workers must be 2 or more", file=sys.stderr)
+        return 2
+    opts = workers.Options(
+        target=args.target,
+        method=args.method,
+        message=bytes.fromhex(args.request_hex),
+        workers=args.workers,
+        rounds=args.rounds,
+        requests=args.requests,
+        connections=args.connections,
+        streams=args.streams,
+        uvloop=not args.no_uvloop,
+    )
+    try:
+        result = workers.run(opts)
+    except RuntimeError as exc:
+        print(f"grpcstack bench: {exc}", file=sys.stderr)
+        return 1
+    print(workers.report(result))
     return 0
 
 

@@ -32,7 +32,7 @@ from .middleware import (
     MiddlewareChain,
     RateLimitMiddleware,
 )
-from .observability import MetricsExporter
+from .observability import MetricsExporter, trace_exporter_configured
 from .ratelimit import MemoryLimiter, RedisLimiter
 from .reflection import reflection_services, service_names
 from .resources import Resources
@@ -106,6 +106,8 @@ class AsyncBaseServer:
         chain: list[Middleware] = []
         if s.GRPC_ENABLE_METRICS:
             chain.append(MetricsMiddleware(self.metrics_registry, buckets=s.GRPC_METRICS_BUCKETS))
+        if s.GRPC_TRACING == "on" or (s.GRPC_TRACING == "auto" and trace_exporter_configured()):
+            chain.extend(self._tracing())
         if s.GRPC_MAX_CONCURRENT_RPCS:
             chain.append(ConcurrencyLimitMiddleware(s.GRPC_MAX_CONCURRENT_RPCS))
         if s.GRPC_ENABLE_AUTH:
@@ -130,6 +132,18 @@ class AsyncBaseServer:
         if s.GRPC_ENABLE_ERROR_HANDLING:
             chain.append(ErrorHandlingMiddleware())
         return chain
+
+    def _tracing(self) -> list[Middleware]:
+        try:
+            from .middleware.tracing import TracingMiddleware, configure_from_env
+        except ImportError:
+            if self.settings.GRPC_TRACING == "on":
+                raise RuntimeError("GRPC_TRACING=on needs pip install 'grpcstack[otel]'") from None
+            log.warning("OTEL_* exporter settings found but OpenTelemetry is not installed")
+            return []
+        if trace_exporter_configured():
+            configure_from_env(self.settings.SERVICE_NAME)
+        return [TracingMiddleware()]
 
     def _rate_limiter(self) -> MemoryLimiter | RedisLimiter:
         s = self.settings

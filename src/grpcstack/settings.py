@@ -187,6 +187,10 @@ class ServerSettings(BaseSettings):
     MONGO_SOCKET_TIMEOUT_MS: PositiveInt = 10_000  # a hung MongoDB fails a query, not pins it
     MONGO_TIMEOUT_MS: Annotated[int, Field(ge=0)] = 0  # PyMongo timeoutMS per operation; 0: unset
 
+    # Operations (issue 19): worker processes and tracing
+    GRPC_WORKERS: Annotated[int, Field(ge=0)] = 1  # processes on one port; 0 = one per CPU
+    GRPC_TRACING: Literal["auto", "on", "off"] = "auto"  # auto: on when an OTEL_* exporter is set
+
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:
         if (self.GRPC_TLS_CERT_FILE is None) != (self.GRPC_TLS_KEY_FILE is None):

@@ -4,7 +4,9 @@ grpc_server_started_total, grpc_server_handled_total{grpc_code}, grpc_server_msg
 grpc_server_msg_sent_total, grpc_server_handling_seconds (histogram), all with grpc_type,
 grpc_service, grpc_method; codes in Go spelling (OK, InvalidArgument, Canceled ...), so existing
 dashboards and alert rules work. Plus grpc_server_in_flight. Every registered method is
-pre-initialised with every code.
+pre-initialised with every code. When a call carries exemplar labels (the tracing middleware puts
+the trace id in ``call.extra[EXEMPLAR_KEY]``), the latency bucket it lands in keeps the latest one
+as its exemplar (OpenMetrics exposition only).
 
 The numbers live in plain per-method slots and are turned into metric families only when the
 registry is scraped: a call costs a handful of integer increments instead of eight locked
@@ -13,6 +15,7 @@ prometheus_client value updates. All updates happen on the server's event loop t
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from ..context import GRPC_TYPES, CallContext
 from .base import Middleware
@@ -57,6 +61,8 @@ _CODES = sorted(GO_CODE_NAMES, key=lambda s: s.value)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+#: ``call.extra`` key of the exemplar labels ({"trace_id": ..., "span_id": ...}) of a call
+EXEMPLAR_KEY = "exemplar"
 
 
 class MessageCounter:
@@ -72,7 +78,17 @@ class MessageCounter:
 
 
 class _MethodStats:
-    __slots__ = ("buckets", "handled", "in_flight", "labels", "received", "sent", "started", "sum")
+    __slots__ = (
+        "buckets",
+        "exemplars",
+        "handled",
+        "in_flight",
+        "labels",
+        "received",
+        "sent",
+        "started",
+        "sum",
+    )
 
     def __init__(self, labels: list[str], n_buckets: int) -> None:
         self.labels = labels
@@ -83,6 +99,7 @@ class _MethodStats:
         self.sent = MessageCounter()
         self.buckets = [0] * (n_buckets + 1)  # per bucket, +Inf last; made cumulative on scrape
         self.sum = 0.0
+        self.exemplars: list[Exemplar | None] | None = None  # per bucket, once a call has one
 
 
 class _Collector(Collector):
@@ -126,10 +143,12 @@ class _Collector(Collector):
             received.add_metric(s.labels, s.received.value)
             sent.add_metric(s.labels, s.sent.value)
             in_flight.add_metric(s.labels, s.in_flight)
-            cumulative, total = [], 0
-            for bound, count in zip(bounds, s.buckets, strict=True):
+            cumulative: list[Any] = []
+            total = 0
+            exemplars = s.exemplars or [None] * len(bounds)
+            for bound, count, exemplar in zip(bounds, s.buckets, exemplars, strict=True):
                 total += count
-                cumulative.append((bound, total))
+                cumulative.append((bound, total) if exemplar is None else (bound, total, exemplar))
             latency.add_metric(s.labels, cumulative, s.sum)
         yield from (started, handled, received, sent, latency, in_flight)
 
@@ -178,4 +197,9 @@ class MetricsMiddleware(Middleware):
         s.handled[call.status.value] += 1
         duration = call.duration or 0.0
         s.sum += duration
-        s.buckets[bisect_left(self.buckets, duration)] += 1
+        i = bisect_left(self.buckets, duration)
+        s.buckets[i] += 1
+        if call.extra and (labels := call.extra.get(EXEMPLAR_KEY)) is not None:
+            if s.exemplars is None:
+                s.exemplars = [None] * len(s.buckets)
+            s.exemplars[i] = Exemplar(labels, duration, time.time())
