@@ -99,7 +99,7 @@ async def test_oversized_batch_is_rejected_after_the_earlier_ones(
     assert len(bars) == 1  # batch 0 was written, nothing of batch 1
 
 
-def test_a_failing_batch_writes_nothing(tmp_path: Path) -> None:
+async def test_a_failing_batch_writes_nothing(tmp_path: Path) -> None:
     # rows that pass validation but fail in the database part way (the NOT NULL on a later
     # chunk): the transaction leaves no row of the batch behind
     con = duckdb.connect(str(tmp_path / "t.duckdb"))
