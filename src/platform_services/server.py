@@ -69,6 +69,7 @@ class PlatformServer(AsyncBaseServer):
             max_concurrency=s.OCR_MAX_CONCURRENCY,
             timeout=s.OCR_TIMEOUT_SECONDS,
             max_pixels=s.OCR_MAX_IMAGE_PIXELS,
+            rapidocr_threads=s.OCR_RAPIDOCR_THREADS,
         )
         await self.ocr_engine.probe()
         if not self.ocr_engine.available:

@@ -57,3 +57,4 @@ class PlatformSettings(ServerSettings):
     OCR_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 120.0
     OCR_MAX_BATCH_SIZE: Annotated[int, Field(gt=0)] = 100
     OCR_MAX_IMAGE_PIXELS: Annotated[int, Field(gt=0)] = 40_000_000
+    OCR_RAPIDOCR_THREADS: Annotated[int, Field(ge=0)] = 1  # ONNX threads per worker, 0 = all

@@ -16,7 +16,9 @@ AGGREGATE = """
 SELECT epoch(time_bucket(INTERVAL '{interval}', ts))::BIGINT AS t,
        arg_min(open, ts), max(high), min(low), arg_max(close, ts), sum(volume)
 FROM bars
-WHERE symbol = ? AND ts BETWEEN make_timestamp(CAST(? AS BIGINT) * 1000000) AND make_timestamp(CAST(? AS BIGINT) * 1000000)
+WHERE symbol = ?
+  AND ts BETWEEN make_timestamp(CAST(? AS BIGINT) * 1000000)
+             AND make_timestamp(CAST(? AS BIGINT) * 1000000)
 GROUP BY t ORDER BY t LIMIT ?
 """
 

@@ -108,6 +108,7 @@ def build_engine(
     max_concurrency: int = 2,
     timeout: float = 120.0,
     max_pixels: int = 40_000_000,
+    rapidocr_threads: int = 1,
 ) -> OcrEngine:
     """The engine OCR_ENGINE names (imported only when chosen)."""
     if name == "tesseract":
@@ -118,4 +119,9 @@ def build_engine(
         )
     from .rapid import RapidOcrEngine
 
-    return RapidOcrEngine(max_concurrency=max_concurrency, timeout=timeout, max_pixels=max_pixels)
+    return RapidOcrEngine(
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        max_pixels=max_pixels,
+        threads=rapidocr_threads,
+    )
