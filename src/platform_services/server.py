@@ -7,6 +7,7 @@ nothing configured it runs on embedded defaults: a MongoDB wire server it starts
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,29 @@ class PlatformServer(AsyncBaseServer):
         s = self.settings
         if s.DUCKDB_PATH != ":memory:":
             Path(s.DUCKDB_PATH).parent.mkdir(parents=True, exist_ok=True)
+        self.ocr_engine: OcrEngine = build_engine(
+            s.OCR_ENGINE,
+            tesseract_cmd=s.OCR_TESSERACT_CMD,
+            max_concurrency=s.OCR_MAX_CONCURRENCY,
+            timeout=s.OCR_TIMEOUT_SECONDS,
+            max_pixels=s.OCR_MAX_IMAGE_PIXELS,
+            rapidocr_threads=s.OCR_RAPIDOCR_THREADS,
+        )
+        # loading the OCR models takes seconds: overlap it with the embedded MongoDB's start
+        probe = asyncio.ensure_future(self.ocr_engine.probe())
+        try:
+            await self._start_embedded_mongo()
+        finally:
+            await probe
+        try:
+            await super().start(sock=sock)
+        except BaseException:
+            await self._stop_embedded()
+            self._close_ocr()
+            raise
+
+    async def _start_embedded_mongo(self) -> None:
+        s = self.settings
         if not s.MONGO_URL:
             if not s.PLATFORM_EMBEDDED_MONGO:
                 raise EmbeddedMongoError(
@@ -55,23 +79,9 @@ class PlatformServer(AsyncBaseServer):
             # settings are frozen: the server and its (not yet opened) resources get a copy
             self.settings = s.model_copy(update={"MONGO_URL": url})
             self.resources = Resources(self.settings)
-        try:
-            await super().start(sock=sock)
-        except BaseException:
-            await self._stop_embedded()
-            raise
 
     async def before_start(self) -> None:
         s = self.settings
-        self.ocr_engine: OcrEngine = build_engine(
-            s.OCR_ENGINE,
-            tesseract_cmd=s.OCR_TESSERACT_CMD,
-            max_concurrency=s.OCR_MAX_CONCURRENCY,
-            timeout=s.OCR_TIMEOUT_SECONDS,
-            max_pixels=s.OCR_MAX_IMAGE_PIXELS,
-            rapidocr_threads=s.OCR_RAPIDOCR_THREADS,
-        )
-        await self.ocr_engine.probe()
         if not self.ocr_engine.available:
             log.warning("%s: OCR reports NOT_SERVING", self.ocr_engine.unavailable_reason)
 
@@ -111,10 +121,13 @@ class PlatformServer(AsyncBaseServer):
     async def after_stop(self) -> None:
         self.market_data_client.close()
         await self.llm_engine.close()
+        self._close_ocr()
+        await self._stop_embedded()
+
+    def _close_ocr(self) -> None:
         close = getattr(self.ocr_engine, "close", None)
         if close is not None:
             close()
-        await self._stop_embedded()
 
     async def _stop_embedded(self) -> None:
         if self.embedded_mongo is not None:
