@@ -21,6 +21,7 @@ GRPCLIB_VERSION = "0.4.9"
 
 import asyncio as _asyncio  # noqa: E402
 from collections.abc import Callable as _Callable  # noqa: E402
+from typing import Any as _Any  # noqa: E402
 
 from grpclib.client import Channel as _GrpclibChannel  # noqa: E402
 from grpclib.client import Handler as _ClientHandler  # noqa: E402
@@ -32,6 +33,7 @@ from h2.connection import ConnectionState as _ConnectionState  # noqa: E402
 from h2.errors import ErrorCodes as _ErrorCodes  # noqa: E402
 from h2.events import ConnectionTerminated as _ConnectionTerminated  # noqa: E402
 from h2.events import StreamReset as _StreamReset  # noqa: E402
+from hyperframe.frame import GoAwayFrame as _GoAwayFrame  # noqa: E402
 
 REFUSED_REASON = "refused"
 
@@ -58,10 +60,6 @@ class ClientEventsProcessor(_EventsProcessor):
         remaining = [s for i, s in self.streams.items() if i <= last]
         if event.error_code != _ErrorCodes.NO_ERROR or not remaining:
             super().process_connection_terminated(event)
-            return
-        # h2 moves to CLOSED on any GOAWAY and would reject the frames of the streams the server
-        # still answers; a graceful GOAWAY lets them finish, so keep the connection open for them.
-        self.connection._connection.state_machine.state = _ConnectionState.CLIENT_OPEN
 
     def register(self, stream: H2Stream) -> _Callable[[], None]:
         release = super().register(stream)
@@ -78,6 +76,18 @@ class ClientProtocol(_H2Protocol):
     def connection_made(self, transport: _asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.processor = ClientEventsProcessor(self.handler, self.connection)
+        h2 = self.connection._connection
+        receive_goaway = h2._frame_dispatch_table[_GoAwayFrame]
+
+        def graceful_goaway(frame: _GoAwayFrame) -> _Any:
+            # h2 moves to CLOSED on any GOAWAY and then rejects the frames of the streams the
+            # server still answers (often in the same read); a NO_ERROR GOAWAY lets them finish.
+            result = receive_goaway(frame)
+            if frame.error_code == 0:
+                h2.state_machine.state = _ConnectionState.CLIENT_OPEN
+            return result
+
+        h2._frame_dispatch_table[_GoAwayFrame] = graceful_goaway
 
 
 class StackChannelBase(_GrpclibChannel):

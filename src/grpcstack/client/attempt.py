@@ -50,6 +50,7 @@ class AttemptError(Exception):
         trailers: _Metadata | None = None,
         refused: bool = False,
         sent: bool = True,
+        raw: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, message)
         self.status = status
@@ -60,6 +61,8 @@ class AttemptError(Exception):
         self.refused = refused
         #: False when nothing left the client (no connection)
         self.sent = sent
+        #: every trailer as received, grpc-* included (grpc-retry-pushback-ms)
+        self.raw = raw
 
 
 def frame(data: bytes, compressed: bool = False) -> bytes:
@@ -170,7 +173,9 @@ class Attempt:
             self.trailing_metadata = metadata
             status, message, details = self._status(headers_map)
             if status is not Status.OK:
-                raise AttemptError(status, message, details=details, trailers=metadata)
+                raise AttemptError(
+                    status, message, details=details, trailers=metadata, raw=headers_map
+                )
         else:
             self.initial_metadata = decode_metadata(headers)
 
@@ -212,9 +217,12 @@ class Attempt:
         assert self.stream is not None
         trailers = await self.stream.recv_trailers()
         self.trailing_metadata = decode_metadata(trailers)
-        status, message, details = self._status(dict(trailers))
+        raw = dict(trailers)
+        status, message, details = self._status(raw)
         if status is not Status.OK:
-            raise AttemptError(status, message, details=details, trailers=self.trailing_metadata)
+            raise AttemptError(
+                status, message, details=details, trailers=self.trailing_metadata, raw=raw
+            )
 
     # --- ending -------------------------------------------------------------------------
 

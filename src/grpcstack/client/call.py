@@ -249,7 +249,9 @@ class ClientCall:
                 throttle.on_failure()
             if not retryable:
                 return False
-            pushed = pushback(err.status, err.trailers, err.details)
+            pushed = pushback(err.status, err.raw, err.details)
+            if pushed is not None:
+                info.extra["pushback"] = pushed
             if pushed is not None and pushed < 0:
                 return False
             if self._retries + 1 >= policy.max_attempts:
