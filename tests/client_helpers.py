@@ -8,6 +8,7 @@ from typing import Any
 
 from conftest import running, settings
 
+from grpcstack.middleware import Middleware
 from grpcstack.settings import ClientSettings
 from platform_services.echo import EchoServer
 
@@ -23,3 +24,21 @@ async def echo_server(**overrides: Any) -> AsyncIterator[EchoServer]:
     base.update(overrides)
     async with running(EchoServer(settings(**base))) as server:
         yield server
+
+
+class MetadataRecorder(EchoServer):
+    """EchoServer whose chain records every request's metadata and deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: (metadata, remaining seconds, correlation id) per call
+        self.seen: list[tuple[dict[str, Any], float | None, str | None]] = []
+
+    def middlewares(self) -> list[Any]:
+        seen = self.seen
+
+        class Record(Middleware):
+            def on_request(self, event: Any, call: Any) -> None:
+                seen.append((dict(event.metadata), call.time_remaining(), call.correlation_id))
+
+        return [*super().middlewares(), Record()]

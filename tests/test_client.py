@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from client_helpers import client_settings, echo_server
+from client_helpers import MetadataRecorder, client_settings, echo_server
 from conftest import running, settings
 from grpclib.const import Status
 from prometheus_client import CollectorRegistry
@@ -208,25 +208,6 @@ async def test_client_metrics_use_go_grpc_middleware_names() -> None:
     assert sample("grpc_client_msg_sent_total", labels) == 2
     expand = {**labels, "grpc_method": "Expand", "grpc_type": "server_stream"}
     assert sample("grpc_client_msg_received_total", expand) == 4
-
-
-class MetadataRecorder(EchoServer):
-    """EchoServer whose chain records every request's metadata and deadline."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seen: list[tuple[dict[str, Any], float | None]] = []
-
-    def middlewares(self) -> list[Any]:
-        from grpcstack.middleware import Middleware
-
-        seen = self.seen
-
-        class Record(Middleware):
-            def on_request(self, event: Any, call: Any) -> None:
-                seen.append((dict(event.metadata), call.time_remaining()))
-
-        return [*super().middlewares(), Record()]
 
 
 async def test_middleware_on_start_adds_metadata_or_rejects_without_sending() -> None:

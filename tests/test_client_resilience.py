@@ -303,3 +303,44 @@ async def test_unreachable_target_fails_fast_with_unavailable() -> None:
             await client.stub(EchoServiceStub).echo(EchoRequest(message="x"))
     assert err.value.status is Status.UNAVAILABLE
     assert "failed to connect" in (err.value.message or "")
+
+
+class SlowFirst(EchoServer):
+    """The first Echo hangs (until cancelled); later ones answer at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.served = 0
+        self.first_cancelled = asyncio.Event()
+        original = self.echo.echo
+
+        async def echo(message: EchoRequest) -> EchoResponse:
+            self.served += 1
+            if self.served == 1:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    self.first_cancelled.set()
+                    raise
+            return await original(message)
+
+        self.echo.echo = echo  # type: ignore[method-assign]
+
+
+async def test_hedging_answers_from_the_second_copy_and_cancels_the_first() -> None:
+    from grpcstack.client import HedgingPolicy
+
+    async with running(SlowFirst(settings(GRPC_ENABLE_RATE_LIMITING=False))) as server:
+        calls = Calls()
+        methods = {ECHO: MethodConfig(timeout=30, hedging=HedgingPolicy(3, hedging_delay=0.05))}
+        async with Client(
+            f"127.0.0.1:{server.port}",
+            settings=client_settings(),
+            methods=methods,
+            middlewares=[calls],
+        ) as client:
+            reply = await client.stub(EchoServiceStub).echo(EchoRequest(message="hedged"))
+            assert reply.message == "hedged"
+            await asyncio.wait_for(server.first_cancelled.wait(), 10)
+        assert len(calls.done) == 1  # one call for the middleware
+        assert calls.done[0].attempts == 2 and calls.done[0].status is Status.OK
