@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from grpcstack import ServerSettings
+from grpcstack.settings import ClientSettings
 
 
 class PlatformSettings(ServerSettings):
@@ -23,3 +24,11 @@ class PlatformSettings(ServerSettings):
     OCR_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 120.0
     OCR_MAX_BATCH_SIZE: Annotated[int, Field(gt=0)] = 100
     OCR_MAX_IMAGE_PIXELS: Annotated[int, Field(gt=0)] = 40_000_000
+
+
+class OcrClientSettings(ClientSettings):
+    """The OCR worker's client (seed 001): where the OCR service is and how long a call may take."""
+
+    OCR_GRPC_HOST: str = "127.0.0.1"
+    OCR_GRPC_PORT: Annotated[int, Field(ge=1, le=65535)] = 50051
+    OCR_GRPC_TIMEOUT: Annotated[float, Field(gt=0)] = 300.0  # seconds per call
