@@ -264,7 +264,12 @@ async def test_round_robin_across_two_servers_with_one_killed() -> None:
         calls = Calls()
         async with Client(
             [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"],
-            settings=client_settings(GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS=0),
+            settings=client_settings(
+                GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS=0,
+                # the dead target is tried again only after this (not within the test)
+                GRPC_CLIENT_RECONNECT_INITIAL_SECONDS=60,
+                GRPC_CLIENT_RECONNECT_MAX_SECONDS=60,
+            ),
             methods=policy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05),
             middlewares=[calls],
         ) as client:

@@ -104,12 +104,15 @@ class Attempt:
     async def open(
         self,
         protocol: ClientProtocol,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         data: bytes | None,
         end: bool,
+        prefix_len: int = 0,
     ) -> None:
         with self.wrapper:
-            while (opened := open_stream(protocol, self.wrapper, headers, data, end)) is None:
+            while (
+                opened := open_stream(protocol, self.wrapper, headers, data, end, prefix_len)
+            ) is None:
                 await wait_for_stream_slot(protocol)
             self.stream, self.release = opened
             pending = getattr(self.stream, "_grpcstack_pending", None)

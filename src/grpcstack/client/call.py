@@ -170,12 +170,14 @@ class ClientCall:
 
     # --- attempts -------------------------------------------------------------------------
 
-    def _headers(self, endpoint: Endpoint) -> list[tuple[str, str]]:
+    def _headers(self, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
         headers = list(self._spec.headers_for(endpoint))
         if self.info.deadline is not None:
             remaining = self.info.deadline - asyncio.get_running_loop().time()
-            headers.append(("grpc-timeout", encode_timeout(max(remaining, 0.0))))
-        headers += self._metadata_headers
+            timeout = encode_timeout(max(remaining, 0.0)).encode("ascii")
+            headers.append((b"grpc-timeout", timeout))
+        for key, value in self._metadata_headers:
+            headers.append((key.encode("ascii"), value.encode("ascii")))
         return headers
 
     async def _start_attempt(self) -> Attempt:
@@ -200,7 +202,9 @@ class ClientCall:
         first = buffer[0] if buffer else None
         end_now = self._ended and len(buffer) <= 1
         try:
-            await attempt.open(protocol, self._headers(endpoint), first, end_now)
+            headers = self._headers(endpoint)
+            prefix = len(self._spec.headers_for(endpoint))
+            await attempt.open(protocol, headers, first, end_now, prefix)
             for data in buffer[1:-1]:
                 await attempt.send(data, False)
             if len(buffer) > 1:
