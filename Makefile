@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec interop-server
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec interop-server bench-client
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec
+bench: bench-middleware bench-cache bench-codec bench-client
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67
@@ -54,6 +54,11 @@ bench-cache: $(STAMP)
 
 bench-middleware: $(STAMP)
 	$(BIN)/grpcstack bench middleware --target platform_services.echo:EchoServer \
+		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
+
+# grpcstack Client vs grpcio's asyncio client vs a plain grpclib Channel, one server
+bench-client: $(STAMP)
+	$(BIN)/grpcstack bench client --target platform_services.echo:EchoServer \
 		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
 
 lint: $(STAMP)
