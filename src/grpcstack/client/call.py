@@ -232,8 +232,11 @@ class ClientCall:
         """Whether to try again after ``err`` (after the backoff, when it says so)."""
         client = self._client
         info = self.info
-        if self._attempt is not None:
-            self._attempt.close()
+        attempt = self._attempt
+        if attempt is not None:
+            if attempt.committed:
+                self._commit()  # e.g. a message over the limit after the headers: no retry
+            attempt.close()
             self._attempt = None
         if self._committed or self._buffer is None or self._expired:
             return False
@@ -446,17 +449,60 @@ class ClientCall:
     # --- shortcuts used by the stubs ------------------------------------------------------
 
     async def unary(self, request: Any) -> Any:
-        """Send one request, return the one response (unary-unary)."""
+        """Send one request, return the one response (unary-unary): the stream API's steps in
+        one attempt coroutine, with the same retries."""
         self._begin()
         try:
-            await self.send_message(request, end=True)
-            reply = await self.recv_message()
-            if reply is None:
-                raise RpcError(Status.UNKNOWN, "No response message", None)
-            if await self.recv_message() is not None:
-                raise RpcError(Status.UNKNOWN, "More than one response message", None)
+            reply = await self._unary(request)
         except BaseException as exc:
             self._finish(exc)
             raise
         self._finish(None)
+        return reply
+
+    async def _unary(self, request: Any) -> Any:
+        client = self._client
+        spec = self._spec
+        data = client.codec.encode(request, spec.request_type)
+        if len(data) > client.max_send:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(data)} vs. {client.max_send})",
+            )
+        data = frame(gzip_compress(data), True) if spec.compress else frame(data)
+        info = self.info
+        info.msg_sent = 1
+        for hook in spec.hooks.on_message_sent:
+            hook(info)
+        self._buffer = [data]
+        self._ended = self._request_started = True
+        self._sent_messages = 1
+        while True:
+            attempt = Attempt(client.codec, client.details_codec, spec.reply_type, spec.max_receive)
+            self._attempt = attempt
+            try:
+                endpoint = client.pool.pick(self._endpoint)
+                self._endpoint = endpoint
+                info.peer = endpoint.target
+                info.attempts += 1
+                protocol = endpoint.ready()
+                if protocol is None:
+                    try:
+                        protocol = await endpoint.connect(info.time_remaining())
+                    except ConnectFailed as exc:
+                        raise AttemptError(exc.status, exc.message, sent=False) from None
+                static = spec.headers_for(endpoint)
+                reply = await attempt.unary(protocol, self._headers(endpoint), data, len(static))
+            except BaseException as exc:
+                err = self._classify(exc)
+                if isinstance(err, AttemptError) and await self._retry(err):
+                    continue
+                raise self._fail(err) from None
+            break
+        self._committed = True
+        if client.throttle is not None:
+            client.throttle.on_success()
+        info.msg_received = 1
+        for hook in spec.hooks.on_message_received:
+            hook(info)
         return reply
