@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-workers
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-workers bench-client
 
 setup: $(STAMP)
 
@@ -41,7 +41,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec bench-flood bench-workers
+bench: bench-middleware bench-cache bench-codec bench-flood bench-workers bench-client
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67
@@ -68,6 +68,11 @@ bench-middleware: $(STAMP)
 bench-workers: $(STAMP)
 	$(BIN)/grpcstack bench workers --target platform_services.echo:EchoServer \
 		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST) --workers 2
+
+# grpcstack Client vs grpcio's asyncio client vs a plain grpclib Channel, one server
+bench-client: $(STAMP)
+	$(BIN)/grpcstack bench client --target platform_services.echo:EchoServer \
+		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr
 
 from grpcstack import ServerSettings
+from grpcstack.settings import ClientSettings
 
 
 class PlatformSettings(ServerSettings):
@@ -58,3 +59,11 @@ class PlatformSettings(ServerSettings):
     OCR_MAX_BATCH_SIZE: Annotated[int, Field(gt=0)] = 100
     OCR_MAX_IMAGE_PIXELS: Annotated[int, Field(gt=0)] = 40_000_000
     OCR_RAPIDOCR_THREADS: Annotated[int, Field(ge=0)] = 1  # ONNX threads per worker, 0 = all
+
+
+class OcrClientSettings(ClientSettings):
+    """The OCR worker's client (seed 001): where the OCR service is and how long a call may take."""
+
+    OCR_GRPC_HOST: str = "127.0.0.1"
+    OCR_GRPC_PORT: Annotated[int, Field(ge=1, le=65535)] = 50051
+    OCR_GRPC_TIMEOUT: Annotated[float, Field(gt=0)] = 300.0  # seconds per call
