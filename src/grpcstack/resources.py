@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .extras import require
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -41,7 +42,18 @@ class Resources:
         self._duckdb: DuckDBStore | None = None
 
     async def open(self) -> None:
+        self.check_extras()
         self.opened = True
+
+    def check_extras(self) -> None:
+        """Fail at start, naming the extra to install, when a configured client is missing."""
+        s = self.settings
+        if s.REDIS_URL:
+            require("redis", "REDIS_URL")
+        if s.MONGO_URL:
+            require("motor" if s.MONGO_DRIVER == "motor" else "pymongo", "MONGO_URL")
+        if s.GRPC_CACHE_L3_ENABLED:
+            require("duckdb", "GRPC_CACHE_L3_ENABLED")
 
     async def close(self) -> None:
         if self._mongo is not None:
@@ -76,6 +88,7 @@ class Resources:
         db = s.REDIS_DB_GRPC if db is None else db
         client = self._redis.get(db)
         if client is None:
+            require("redis", "REDIS_URL")
             client = self._redis[db] = _make_redis(s, db)
         return client
 
@@ -96,6 +109,7 @@ class Resources:
                 "connectTimeoutMS": s.MONGO_CONNECT_TIMEOUT_MS,
                 "maxPoolSize": s.MONGO_MAX_POOL_SIZE,
             }
+            require("motor" if s.MONGO_DRIVER == "motor" else "pymongo", "MONGO_URL")
             if s.MONGO_DRIVER == "motor":
                 from motor.motor_asyncio import AsyncIOMotorClient
 
@@ -116,6 +130,7 @@ class Resources:
 
     def duckdb(self) -> DuckDBStore:
         if self._duckdb is None:
+            require("duckdb", "Resources.duckdb()")
             from .duckdb_store import DuckDBStore
 
             self._duckdb = DuckDBStore(self.settings.DUCKDB_PATH)
