@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from . import logs
+from .definition import ServerDefinitionError
+from .extras import MissingExtraError
 from .server import AsyncBaseServer
 from .settings import ServerSettings, SettingsError
 
@@ -165,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure((args.log_level or server.settings.LOG_LEVEL).upper())
     try:
         run_server(server)
+    except (ServerDefinitionError, MissingExtraError) as exc:
+        print(f"grpcstack: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,10 +59,16 @@ class ServerSettings(BaseSettings):
         frozen=True,
     )
 
+    #: True for settings that read neither .env nor the environment (grpcstack.testing)
+    hermetic: ClassVar[bool] = False
+
     def __init__(self, **values: Any) -> None:
         """Keyword typos raise; env/.env typos raise when close to a setting, else warn (below)."""
         check_keywords(type(self), values)
-        check_environment(type(self), values.get("_env_file", self.model_config.get("env_file")))
+        if not self.hermetic:
+            check_environment(
+                type(self), values.get("_env_file", self.model_config.get("env_file"))
+            )
         try:
             super().__init__(**values)
         except ValidationError as exc:
