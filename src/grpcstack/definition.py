@@ -57,8 +57,12 @@ def check_services(owner: str, result: object) -> list[Any]:
     return services
 
 
+class ServicesNotImplemented(ServerDefinitionError, NotImplementedError):
+    """services() was not implemented (still a NotImplementedError, as before)."""
+
+
 def not_implemented(owner: str) -> ServerDefinitionError:
-    return ServerDefinitionError(
+    return ServicesNotImplemented(
         f"{owner} must implement services(): return a list of service instances, "
         "e.g. [ShopService()]"
     )
