@@ -156,3 +156,15 @@ def test_cli_dotenv_typo_exit_2(tmp_path: Path) -> None:
     assert out.stderr.strip() == (
         "grpcstack: unknown setting GRPC_ENABLE_AUTHH (from .env); did you mean GRPC_ENABLE_AUTH?"
     )
+
+
+def test_cli_warns_in_one_line_about_names_it_ignores(tmp_path: Path) -> None:
+    out = _serve(tmp_path, REDIS_PASSWORD="for-redis-cli", GRPC_ENABLE_AUTH="maybe")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == (
+        "grpcstack: warning: ignoring REDIS_PASSWORD (from the environment): "
+        "not a setting of ServerSettings"
+    )
+    assert lines[1].startswith("grpcstack: invalid setting GRPC_ENABLE_AUTH (got 'maybe')")
+    assert len(lines) == 2

@@ -7,13 +7,15 @@ import asyncio
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import logs
 from .definition import ServerDefinitionError
 from .extras import MissingExtraError
 from .server import AsyncBaseServer
-from .settings import ServerSettings, SettingsError
+from .settings import ServerSettings, SettingsError, SettingsWarning
 
 
 class TargetError(Exception):
@@ -146,7 +148,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+    _default: Any = warnings.showwarning,
+) -> None:
+    """Settings warnings are for the operator: one line, no source location."""
+    if issubclass(category, SettingsWarning):
+        print(f"grpcstack: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
