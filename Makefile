@@ -16,16 +16,14 @@ $(STAMP): pyproject.toml
 	# build is the same cv2 without it, so `make run` serves OCR with no system packages
 	$(BIN)/pip uninstall --quiet -y opencv-python
 	$(BIN)/pip install --quiet --no-deps opencv-python-headless
+	# the example platform and gen/ are not in the grpcstack wheel: put them on this venv's path
+	printf '%s\n%s\n' "$(CURDIR)/src" "$(CURDIR)" > \
+		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/grpcstack-repository.pth"
 	touch $(STAMP)
 
 # ONE protoc run over every proto into an emptied gen/ (a second run would overwrite shared modules).
 protos: $(STAMP)
-	rm -rf gen
-	mkdir -p gen
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_betterproto2_out=gen \
-		--python_betterproto2_opt=client_generation=async,server_generation=async,google_protobuf_descriptors \
-		$$(cd protos && find . -name '*.proto' | sed 's|^\./||' | LC_ALL=C sort)
+	$(BIN)/grpcstack protos --proto-dir protos --out gen
 
 run: $(STAMP)
 	$(BIN)/grpcstack serve platform_services.server:PlatformServer

@@ -24,25 +24,27 @@ async def start_cli(
     full = dict(os.environ, PYTHONPATH=PYTHONPATH, GRPC_ENABLE_AUTH="false")
     full.pop("GRPC_SERVER_PORT", None)
     full.update(env or {})
+    argv = [python, "-m", "grpcstack.cli", "serve", target, "--port", "0", *extra]
+    return await start_command(
+        argv, env=full, cwd=cwd or str(ROOT / "tests"), startup_timeout=startup_timeout
+    )
+
+
+async def start_command(
+    argv: list[str], *, env: dict[str, str], cwd: str, startup_timeout: float = 30
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a command that serves and logs "on port N"; return it and the port."""
     proc = await asyncio.create_subprocess_exec(
-        python,
-        "-m",
-        "grpcstack.cli",
-        "serve",
-        target,
-        "--port",
-        "0",
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
-        env=full,
-        cwd=cwd or str(ROOT / "tests"),
+        *argv, stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd
     )
     assert proc.stderr is not None
+    seen: list[str] = []
     try:
         async with asyncio.timeout(startup_timeout):
             while True:
                 line = (await proc.stderr.readline()).decode()
-                assert line, "the server exited before serving"
+                assert line, "the server exited before serving:\n" + "".join(seen)
+                seen.append(line)
                 if found := re.search(r"on port (\d+)", line):
                     return proc, int(found.group(1))
     except BaseException:

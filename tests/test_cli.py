@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from cli_process import start_command
 from conftest import ROOT
+from grpclib.client import Channel
+
+from gen.echo.v1 import EchoRequest, EchoServiceStub
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,3 +88,51 @@ def test_port_in_use_is_reported() -> None:
         )
     assert out.returncode == 1
     assert "cannot serve" in out.stderr
+
+
+GRPCSTACK = str(Path(sys.executable).parent / "grpcstack")
+APP = "from platform_services.echo import EchoServer\n\n\nclass Server(EchoServer):\n    pass\n"
+
+
+async def _serve_and_call(argv: list[str], cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(GRPC_SERVER_HOST="127.0.0.1", GRPC_ENABLE_AUTH="false")
+    proc, port = await start_command(argv, env=env, cwd=str(cwd))
+    try:
+        ch = Channel("127.0.0.1", port)
+        try:
+            reply = await EchoServiceStub(ch).echo(EchoRequest(message="cwd"))
+            assert reply.message == "cwd"
+        finally:
+            ch.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_imports_from_the_current_folder(tmp_path: Path) -> None:
+    """The console script (not `python -m`, which adds the cwd itself) finds ./app.py."""
+    (tmp_path / "app.py").write_text(APP)
+    await _serve_and_call([GRPCSTACK, "serve", "app:Server", "--port", "0"], tmp_path)
+
+
+async def test_serve_app_dir(tmp_path: Path) -> None:
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "app.py").write_text(APP)
+    argv = [GRPCSTACK, "serve", "app:Server", "--app-dir", "svc", "--port", "0"]
+    await _serve_and_call(argv, tmp_path)
+
+
+def test_serve_bad_app_dir(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [GRPCSTACK, "serve", "app:Server", "--app-dir", "missing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "grpcstack: --app-dir 'missing' is not a folder"

@@ -10,7 +10,7 @@ from pathlib import Path
 from cli_process import start_cli
 from conftest import ROOT
 
-SERVER = '''
+SERVER = """
 from pathlib import Path
 
 from platform_services.echo import EchoServer
@@ -20,7 +20,7 @@ class StoppingServer(EchoServer):
     async def stop(self, grace_period=None):
         Path("stopped-by").write_text("subclass stop()")
         await super().stop(grace_period)
-'''
+"""
 
 
 async def test_sigterm_runs_a_subclass_stop(tmp_path: Path) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import logs
+from .definition import ServerDefinitionError
+from .extras import MissingExtraError
 from .server import AsyncBaseServer
-from .settings import ServerSettings, SettingsError
+from .settings import ServerSettings, SettingsError, SettingsWarning
 
 
 class TargetError(Exception):
@@ -36,6 +41,15 @@ def load_server_class(target: str) -> type[AsyncBaseServer]:
     if not (isinstance(obj, type) and issubclass(obj, AsyncBaseServer)):
         raise TargetError(f"{target!r} is not an AsyncBaseServer subclass")
     return obj
+
+
+def add_app_dir(app_dir: str) -> None:
+    """Import targets from ``app_dir`` (default: the current folder) first, as uvicorn does."""
+    path = os.path.abspath(app_dir)
+    if not os.path.isdir(path):
+        raise TargetError(f"--app-dir {app_dir!r} is not a folder")
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def build_server(target: str, port: int | None = None) -> AsyncBaseServer:
@@ -74,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         "(GRPC_SERVER_GRACE_PERIOD_SECONDS) and exits 0; a second one exits at once.",
     )
     serve.add_argument("target", help="the server class, as package.module:ServerClass")
+    serve.add_argument(
+        "--app-dir",
+        default=".",
+        help="folder to import the target (and your gen/) from, put first on sys.path "
+        "(default: the current folder)",
+    )
     serve.add_argument("--port", type=int, help="override GRPC_SERVER_PORT (0 = any free port)")
     serve.add_argument(
         "--reload-free",
@@ -87,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="override GRPC_WORKERS: N processes on one port (SO_REUSEPORT) under a supervisor "
         "that restarts crashed ones and forwards SIGTERM; 0 = one per CPU",
+    )
+
+    protos = sub.add_parser(
+        "protos",
+        help="generate betterproto2 code from .proto files (needs grpcstack[codegen])",
+        description="Run protoc ONCE over every .proto under --proto-dir with the betterproto2 "
+        "options this stack needs, into an emptied --out folder (replaced only when protoc "
+        "succeeds). The compiler must match the betterproto2 runtime's minor version.",
+    )
+    protos.add_argument("--proto-dir", default="protos", help="where the .proto files are")
+    protos.add_argument("--out", default="gen", help="the generated package (emptied first)")
+    protos.add_argument(
+        "-I", "--include", action="append", default=[], help="extra import folder (repeatable)"
     )
 
     bench = sub.add_parser("bench", help="benchmarks, variants interleaved in one run")
@@ -150,11 +183,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+    _default: Any = warnings.showwarning,
+) -> None:
+    """Settings warnings are for the operator: one line, no source location."""
+    if issubclass(category, SettingsWarning):
+        print(f"grpcstack: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "protos":
+        return _protos(args)
     if args.command != "serve":
         parser.print_help()
         return 2
@@ -163,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers {args.workers} must be 0 (one per CPU) or more")
     try:
+        add_app_dir(args.app_dir)
         server = build_server(args.target, args.port)
     except (TargetError, SettingsError) as exc:
         print(f"grpcstack: {exc}", file=sys.stderr)
@@ -182,9 +235,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers.prepare_worker(server)
     try:
         run_server(server)
+    except (ServerDefinitionError, MissingExtraError) as exc:
+        print(f"grpcstack: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"grpcstack: cannot serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _protos(args: argparse.Namespace) -> int:
+    from .protos import CodegenError, generate
+
+    try:
+        result = generate(args.proto_dir, args.out, args.include)
+    except CodegenError as exc:
+        print(f"grpcstack protos: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"generated {result.files} files from {len(result.protos)} protos into {result.out}")
     return 0
 
 

@@ -16,10 +16,12 @@ middleware runs, so contextvars flow to the handler and to everything it awaits.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Cardinality, Status
+from grpclib.metadata import encode_metadata
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline, _Metadata
@@ -40,6 +42,7 @@ class CallContext:
 
     __slots__ = (
         "cardinality",
+        "chain",
         "compress_response",
         "correlation_id",
         "deadline",
@@ -56,6 +59,8 @@ class CallContext:
         "peer",
         "peer_cancelled",
         "request_compressed",
+        "response_initial_metadata",
+        "response_trailing_metadata",
         "service",
         "start",
         "status",
@@ -102,6 +107,11 @@ class CallContext:
         self.msg_sent: Any = None
         #: free-form per-call state for custom middleware
         self.extra: dict[str, Any] = {}
+        #: metadata the handler adds to its response (add_initial/trailing_metadata)
+        self.response_initial_metadata: list[tuple[str, str | bytes]] | None = None
+        self.response_trailing_metadata: list[tuple[str, str | bytes]] | None = None
+        #: the middleware chain serving the call (set by it; None in unit tests)
+        self.chain: Any = None
 
     @property
     def grpc_type(self) -> str:
@@ -158,6 +168,55 @@ def set_response_compression(enabled: bool) -> None:
     call = _current.get()
     if call is not None:
         call.compress_response = enabled
+
+
+def require_call() -> CallContext:
+    """The call being served; RuntimeError outside one (unit tests: testing.call_context())."""
+    call = _current.get()
+    if call is None:
+        raise RuntimeError(
+            "no gRPC call is being served here; in unit tests wrap the handler call in "
+            "grpcstack.testing.call_context()"
+        )
+    return call
+
+
+MetadataLike = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
+
+
+def _checked(metadata: MetadataLike) -> list[tuple[str, str | bytes]]:
+    pairs = list(metadata.items() if isinstance(metadata, Mapping) else metadata)
+    encode_metadata(pairs)  # raises now, in the handler, for keys/values gRPC cannot carry
+    return pairs
+
+
+def add_initial_metadata(metadata: MetadataLike) -> None:
+    """Send ``metadata`` in this call's response headers (grpcio's ``send_initial_metadata``).
+
+    Keys are lower-case; values are str, or bytes for keys ending in ``-bin``. Call it before
+    the first response message: RuntimeError once the headers went out.
+    """
+    call = require_call()
+    if call.initial_metadata_sent:
+        raise RuntimeError("the response headers of this call were already sent")
+    pairs = _checked(metadata)
+    if call.response_initial_metadata is None:
+        call.response_initial_metadata = []
+    call.response_initial_metadata.extend(pairs)
+    if call.chain is not None:
+        call.chain.listen_initial_metadata()
+
+
+def add_trailing_metadata(metadata: MetadataLike) -> None:
+    """Send ``metadata`` in this call's trailers, with any status (grpcio's
+    ``set_trailing_metadata``, but adding rather than replacing)."""
+    call = require_call()
+    if call.status is not None:
+        raise RuntimeError("the trailers of this call were already sent")
+    pairs = _checked(metadata)
+    if call.response_trailing_metadata is None:
+        call.response_trailing_metadata = []
+    call.response_trailing_metadata.extend(pairs)
 
 
 def set_current(call: CallContext | None) -> None:

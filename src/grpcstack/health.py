@@ -1,8 +1,13 @@
 """grpc.health.v1 Health service: Check and Watch, overall plus one status per served service.
 
 A service's status is what the server set (SERVING after start, NOT_SERVING on stop) combined
-with its readiness checks: any check that fails, raises or times out makes it NOT_SERVING. The
-overall status ("") combines every check. Watch re-evaluates on every status change and every
+with its readiness checks: any check that fails, raises or times out makes it NOT_SERVING.
+
+Policy for the overall status (""), which Kubernetes probes and load balancers ask for: it follows
+the server's own state and the checks shared by every service (``service=None``: MongoDB and
+other shared resources), NOT the checks of one service. A replica whose OCR engine is missing
+still serves its other services, so it must not be taken out of rotation; clients of OCR ask for
+"ocr.v1.OCRService" and see NOT_SERVING there. Watch re-evaluates on every status change and every
 ``interval`` seconds while checks exist, and sends only changes; at shutdown it sends the final
 NOT_SERVING and ends with UNAVAILABLE so that it does not hold up the drain.
 """
@@ -85,11 +90,8 @@ class HealthService(HealthBase):
             return None
         if base != SERVING:
             return base
-        checks = [
-            c
-            for c in self._checks
-            if service == OVERALL or c.service is None or c.service == service
-        ]
+        # overall: shared checks only (see the module docstring)
+        checks = [c for c in self._checks if c.service is None or c.service == service]
         if not checks:
             return SERVING
         results = await asyncio.gather(*(self._run(c) for c in checks))

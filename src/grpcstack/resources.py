@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .extras import require
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -42,7 +43,18 @@ class Resources:
         self._duckdb: DuckDBStore | None = None
 
     async def open(self) -> None:
+        self.check_extras()
         self.opened = True
+
+    def check_extras(self) -> None:
+        """Fail at start, naming the extra to install, when a configured client is missing."""
+        s = self.settings
+        if s.REDIS_URL:
+            require("redis", "REDIS_URL")
+        if s.MONGO_URL:
+            require("motor" if s.MONGO_DRIVER == "motor" else "pymongo", "MONGO_URL")
+        if s.GRPC_CACHE_L3_ENABLED:
+            require("duckdb", "GRPC_CACHE_L3_ENABLED")
 
     async def close(self) -> None:
         if self._mongo is not None:
@@ -77,6 +89,7 @@ class Resources:
         db = s.REDIS_DB_GRPC if db is None else db
         client = self._redis.get(db)
         if client is None:
+            require("redis", "REDIS_URL")
             client = self._redis[db] = _make_redis(s, db)
         return client
 
@@ -100,6 +113,7 @@ class Resources:
             }
             if s.MONGO_TIMEOUT_MS:
                 kwargs["timeoutMS"] = s.MONGO_TIMEOUT_MS
+            require("motor" if s.MONGO_DRIVER == "motor" else "pymongo", "MONGO_URL")
             if s.MONGO_DRIVER == "motor":
                 from motor.motor_asyncio import AsyncIOMotorClient
 
@@ -120,6 +134,7 @@ class Resources:
 
     def duckdb(self) -> DuckDBStore:
         if self._duckdb is None:
+            require("duckdb", "Resources.duckdb()")
             from .duckdb_store import DuckDBStore
 
             self._duckdb = DuckDBStore(self.settings.DUCKDB_PATH)

@@ -9,16 +9,18 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from grpclib.config import Configuration
+from grpclib.const import Status
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from prometheus_client import CollectorRegistry
 
 from .cache import GrpcCache
 from .codec import StackCodec
 from .connection_metrics import ConnectionMetrics
+from .definition import check_services, not_implemented
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
 from .middleware import (
     AccessLogMiddleware,
@@ -56,6 +58,9 @@ class AsyncBaseServer:
     """
 
     settings_class: ClassVar[type[ServerSettings]] = ServerSettings
+    #: exception type -> status (or (status, fixed message)) for ErrorHandling; subclasses'
+    #: maps add to their bases'. Without a fixed message the exception's own text is sent.
+    error_map: ClassVar[Mapping[type[BaseException], Status | tuple[Status, str]]] = {}
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings if settings is not None else self.settings_class.load()
@@ -80,7 +85,7 @@ class AsyncBaseServer:
 
     def services(self) -> Sequence[Any]:
         """The betterproto2 (or any grpclib) service instances to serve. Required."""
-        raise NotImplementedError(f"{type(self).__name__} must implement services()")
+        raise not_implemented(type(self).__name__)
 
     async def before_start(self) -> None:
         """Runs inside the loop before the port is bound; resources are ready."""
@@ -130,7 +135,7 @@ class AsyncBaseServer:
         if s.GRPC_ENABLE_LOGGING:
             chain.append(AccessLogMiddleware())
         if s.GRPC_ENABLE_ERROR_HANDLING:
-            chain.append(ErrorHandlingMiddleware())
+            chain.append(ErrorHandlingMiddleware(error_map=self.merged_error_map()))
         return chain
 
     def _tracing(self) -> list[Middleware]:
@@ -144,6 +149,12 @@ class AsyncBaseServer:
         if trace_exporter_configured():
             configure_from_env(self.settings.SERVICE_NAME)
         return [TracingMiddleware()]
+
+    def merged_error_map(self) -> dict[type[BaseException], Status | tuple[Status, str]]:
+        merged: dict[type[BaseException], Status | tuple[Status, str]] = {}
+        for klass in reversed(type(self).__mro__):
+            merged.update(klass.__dict__.get("error_map", {}))
+        return merged
 
     def _rate_limiter(self) -> MemoryLimiter | RedisLimiter:
         s = self.settings
@@ -188,9 +199,7 @@ class AsyncBaseServer:
             self.cache = GrpcCache.from_settings(s, self.resources, self.metrics_registry)
             await self.cache.start()
             await self.before_start()
-            user_services = list(self.services())
-            if not user_services:
-                raise ValueError(f"{type(self).__name__}.services() returned no services")
+            user_services = check_services(type(self).__name__, self.services())
             for service in user_services:
                 self.cache.bind(service)
             handlers: list[Any] = [*user_services, self.health]

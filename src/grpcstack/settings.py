@@ -13,11 +13,17 @@ asyncio (``GRPC_SERVER_MAX_WORKERS``: there is no thread pool) are accepted and 
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -38,6 +44,10 @@ class SettingsError(ValueError):
     """Invalid configuration; the message names every offending environment variable."""
 
 
+class SettingsWarning(UserWarning):
+    """An environment or .env name that looks like a setting but is none (ignored)."""
+
+
 class ServerSettings(BaseSettings):
     """Everything an AsyncBaseServer reads at start. Subclass to add or override per service."""
 
@@ -49,6 +59,23 @@ class ServerSettings(BaseSettings):
         validate_default=True,
         frozen=True,
     )
+
+    #: True for settings that read neither .env nor the environment (grpcstack.testing)
+    hermetic: ClassVar[bool] = False
+
+    def __init__(self, **values: Any) -> None:
+        """Keyword typos raise; env/.env typos raise when close to a setting, else warn (below)."""
+        check_keywords(type(self), values)
+        if not self.hermetic:
+            check_environment(
+                type(self), values.get("_env_file", self.model_config.get("env_file"))
+            )
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None
+        except SourceError as exc:  # a value that could not even be decoded (bad JSON list)
+            raise SettingsError(describe_source_error(exc, type(self))) from None
 
     # Service
     SERVICE_NAME: str = "grpc-service"
@@ -304,3 +331,125 @@ class ClientSettings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise SettingsError(describe_validation_error(exc)) from None
+
+
+# --- typo detection (library issue 13) ------------------------------------------------------
+
+#: environment prefixes of this stack: an unknown name under one of them is reported
+CHECKED_PREFIXES = ("GRPC_", "REDIS_", "MONGO_")
+#: gRPC core (grpcio) reads these itself: never ours, never reported
+FOREIGN_NAMES = frozenset(
+    {
+        "GRPC_VERBOSITY",
+        "GRPC_TRACE",
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+        "GRPC_DNS_RESOLVER",
+        "GRPC_POLL_STRATEGY",
+        "GRPC_ENABLE_FORK_SUPPORT",
+        "GRPC_SSL_CIPHER_SUITES",
+        "GRPC_ARG_KEEPALIVE_TIME_MS",
+        "GRPC_STACKTRACE_MINLOGLEVEL",
+    }
+)
+FOREIGN_PREFIXES = ("GRPC_EXPERIMENTAL_", "GRPC_PYTHON_", "GRPC_GO_", "GRPC_CLIENT_CHANNEL_")
+#: how close an unknown name must be to a setting to count as its typo (difflib ratio)
+TYPO_CUTOFF = 0.8
+
+
+def known_names(cls: type[BaseSettings]) -> dict[str, str]:
+    """Upper-cased environment name -> field name, for every field of ``cls``."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        names[(prefix + name).upper()] = name
+        if isinstance(field.validation_alias, str):
+            names[field.validation_alias.upper()] = name
+        if isinstance(field.alias, str):
+            names[field.alias.upper()] = name
+    return names
+
+
+def _suggestion(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name.upper(), list(known), n=1, cutoff=TYPO_CUTOFF)
+    return close[0] if close else None
+
+
+def check_keywords(cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
+    """``ServerSettings(GRPC_ENABLE_AUHT=False)`` must not silently leave auth on."""
+    known = known_names(cls)
+    lines = []
+    for key in values:
+        if key.startswith("_") or key.upper() in known:
+            continue  # _env_file and friends are pydantic-settings' own arguments
+        hint = _suggestion(key, known)
+        lines.append(
+            f"unknown setting {key} for {cls.__name__}"
+            + (f"; did you mean {hint}?" if hint else "")
+        )
+    if lines:
+        raise SettingsError("\n".join(lines))
+
+
+def _env_files(env_file: Any) -> list[Path]:
+    if env_file is None:
+        return []
+    files = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
+    return [Path(f) for f in files if Path(f).is_file()]
+
+
+def _ours(name: str) -> bool:
+    return (
+        name.startswith(CHECKED_PREFIXES)
+        and name not in FOREIGN_NAMES
+        and not name.startswith(FOREIGN_PREFIXES)
+    )
+
+
+def check_environment(cls: type[BaseSettings], env_file: Any) -> None:
+    """Unknown GRPC_/REDIS_/MONGO_ names in the environment or .env files.
+
+    A name close to a setting (``GRPC_SERVR_PORT``) is a typo: SettingsError with "did you
+    mean". Any other unknown name under those prefixes may belong to another tool
+    (``REDIS_PASSWORD`` for redis-cli): a SettingsWarning says it is ignored.
+    """
+    known = known_names(cls)
+    found: dict[str, str] = {}
+    for name in os.environ:
+        found.setdefault(name.upper(), "the environment")
+    for path in _env_files(env_file):
+        from dotenv import dotenv_values  # a dependency of pydantic-settings
+
+        for name in dotenv_values(path):
+            found.setdefault(name.upper(), str(path))
+    errors = []
+    for name, where in sorted(found.items()):
+        if name in known or not _ours(name):
+            continue
+        hint = _suggestion(name, known)
+        if hint is not None:
+            errors.append(f"unknown setting {name} (from {where}); did you mean {hint}?")
+        else:
+            warnings.warn(
+                f"ignoring {name} (from {where}): not a setting of {cls.__name__}",
+                SettingsWarning,
+                stacklevel=3,
+            )
+    if errors:
+        raise SettingsError("\n".join(errors))
+
+
+_SOURCE_FIELD = re.compile(r'field "([^"]+)"')
+
+
+def describe_source_error(exc: SourceError, cls: type[BaseSettings]) -> str:
+    """One line for a value pydantic-settings could not decode (complex fields are JSON)."""
+    found = _SOURCE_FIELD.search(str(exc))
+    field = found.group(1) if found else "settings"
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    env_name = (prefix + field).upper()
+    value = next((v for k, v in os.environ.items() if k.upper() == env_name), None)
+    shown = "" if value is None else f" (got {value!r})"
+    return (
+        f"invalid setting {env_name}{shown}: not valid JSON; "
+        'lists are written as JSON, e.g. ["a", "b"] or [0.1, 0.5]'
+    )

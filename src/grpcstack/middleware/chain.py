@@ -54,6 +54,8 @@ class MiddlewareChain:
     def __init__(self, middlewares: Sequence[Middleware]) -> None:
         self.middlewares = list(middlewares)
         self._plans: dict[str, _Plan] = {}
+        self._server: Any = None
+        self._initial_listening = False
         for m in self.middlewares:
             done = getattr(m, "on_done", None)
             if done is not None and inspect.iscoroutinefunction(done):
@@ -91,11 +93,19 @@ class MiddlewareChain:
     def attach(self, server: Any) -> None:
         for method in server.mapping:
             self._plans[method] = self._plan_for(method)
+        self._server = server
         listen(server, RecvRequest, self._on_request)
         if any(p.initial for p in self._plans.values()):
-            listen(server, SendInitialMetadata, self._on_initial_metadata)
+            self.listen_initial_metadata()
         listen(server, SendTrailingMetadata, self._on_trailers)
         server.on_call_done = self.finish
+
+    def listen_initial_metadata(self) -> None:
+        """Listen to response headers from now on. Lazy: the listener costs ~7 us per call, so a
+        server pays it only once a middleware or a handler (add_initial_metadata) needs it."""
+        if not self._initial_listening and self._server is not None:
+            self._initial_listening = True
+            listen(self._server, SendInitialMetadata, self._on_initial_metadata)
 
     # --- events -------------------------------------------------------------------------
 
@@ -103,6 +113,7 @@ class MiddlewareChain:
         call = _current.get()
         if call is None:
             return
+        call.chain = self
         plan = self._plans.get(event.method_name, _EMPTY)
         try:
             for pos, hook, _, is_async in plan.request:
@@ -124,6 +135,8 @@ class MiddlewareChain:
         if call is None:
             return
         call.initial_metadata_sent = True
+        if call.response_initial_metadata:
+            event.metadata.extend(call.response_initial_metadata)
         hooks = self._plans.get(call.method, _EMPTY).initial
         if hooks:
             await self._run_response_hooks(hooks, event, call, "initial")
@@ -134,6 +147,11 @@ class MiddlewareChain:
             return
         call.status = _cancelled_status(call) if call.peer_cancelled else event.status
         call.status_message = event.status_message
+        if call.response_initial_metadata and not call.initial_metadata_sent:
+            # trailers-only response (no message was sent): these are its only headers
+            event.metadata.extend(call.response_initial_metadata)
+        if call.response_trailing_metadata:
+            event.metadata.extend(call.response_trailing_metadata)
         hooks = self._plans.get(call.method, _EMPTY).trailers
         if hooks:
             await self._run_response_hooks(hooks, event, call, "trailing")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,11 +70,23 @@ class ErrorHandlingMiddleware(Middleware):
     def __init__(
         self,
         rules: dict[type[BaseException], ErrorRule] | None = None,
+        *,
+        error_map: Mapping[type[BaseException], Status | tuple[Status, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.rules = dict(DEFAULT_RULES if rules is None else rules)
         self.named_rules = dict(DEFAULT_NAMED_RULES)
+        for exc_type, target in (error_map or {}).items():
+            status, message = target if isinstance(target, tuple) else (target, None)
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise TypeError(f"error_map key {exc_type!r} is not an exception class")
+            if not isinstance(status, Status):
+                raise TypeError(
+                    f"error_map[{exc_type.__name__}] must be a grpclib.const.Status "
+                    f"(or (Status, message)), got {status!r}"
+                )
+            self.register(exc_type, status, message)
 
     def register(
         self, exc_type: type[BaseException], status: Status, message: Message | None = None
