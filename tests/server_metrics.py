@@ -42,7 +42,11 @@ def delta(after: Counter[Key], before: Counter[Key]) -> dict[Key, int]:
 
 
 async def server_counted(
-    server: Any, service: str, before: Counter[Key], expected: dict[Key, int]
+    server: Any,
+    service: str,
+    before: Counter[Key],
+    expected: dict[Key, int],
+    timeout: float | None = None,
 ) -> None:
     """Wait until the server finished every call of ``service`` and its counts since ``before``
     are exactly ``expected``; fail with what it counted instead."""
@@ -53,7 +57,7 @@ async def server_counted(
         )
 
     try:
-        await eventually(done)
+        await eventually(done) if timeout is None else await eventually(done, timeout)
     except AssertionError:
         got = delta(handled(server, service), before)
         raise AssertionError(
