@@ -13,6 +13,7 @@ from conftest import channel, running, settings
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from h2.settings import SettingCodes
+from h2_client import GRPC_HEADERS, grpc_frame, raw_h2
 from server_metrics import handled, server_counted
 from waiting import eventually
 
@@ -21,14 +22,6 @@ from platform_services.echo import EchoServer
 
 LIMIT = 1024 * 1024
 ECHO_SERVICE = "echo.v1.EchoService"
-GRPC_HEADERS = {
-    ":method": "POST",
-    ":scheme": "http",
-    ":authority": "x",
-    ":path": "/echo.v1.EchoService/Echo",
-    "content-type": "application/grpc",
-    "te": "trailers",
-}
 
 
 async def test_oversized_message_rejected_on_its_prefix() -> None:
@@ -144,10 +137,6 @@ async def test_deadline_exceeded_in_handler(pb2) -> None:
         await eventually(lambda: not server.grpc_server.inflight)
 
 
-def _grpc_frame(message: bytes) -> bytes:
-    return struct.pack(">?I", False, len(message)) + message
-
-
 EXPIRED = ["1n", "1u", "100u"]  # expired by the time the server reads the headers
 COUNT_EXPIRED = pytest.mark.xfail(
     strict=False,
@@ -160,7 +149,7 @@ async def _deadline_call(server: EchoServer, timeout: str) -> dict[str, str]:
     return await raw_h2(
         server.port,
         [*GRPC_HEADERS.items(), ("grpc-timeout", timeout)],
-        _grpc_frame(bytes(EchoRequest(sleep_seconds=30))),
+        grpc_frame(bytes(EchoRequest(sleep_seconds=30))),
     )
 
 
@@ -199,34 +188,6 @@ async def test_oversized_response_is_resource_exhausted(pb2) -> None:
         assert err.value.status is Status.RESOURCE_EXHAUSTED
         assert "Sent message larger than max" in (err.value.message or "")
         assert (await EchoServiceStub(ch).echo(EchoRequest(message="small"))).message == "small"
-
-
-async def raw_h2(
-    port: int, headers: list[tuple[str, str]], body: bytes = b"", wait: float = 10
-) -> dict[str, str]:
-    """One request on a raw h2 connection; returns the response (and trailer) headers. The
-    client has no deadline of its own: it waits up to ``wait`` seconds for the server."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = h2.connection.H2Connection()
-    conn.initiate_connection()
-    conn.send_headers(1, headers, end_stream=not body)
-    if body:
-        conn.send_data(1, body, end_stream=True)
-    writer.write(conn.data_to_send())
-    seen: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(wait):
-            while True:
-                data = await reader.read(65536)
-                assert data, "connection closed"
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                        seen.update({k.decode(): v.decode() for k, v in event.headers})
-                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                        return seen
-                writer.write(conn.data_to_send())
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
