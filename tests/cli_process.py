@@ -43,9 +43,44 @@ async def start_cli(
                 line = (await proc.stderr.readline()).decode()
                 assert line, "the server exited before serving"
                 if found := re.search(r"on port (\d+)", line):
-                    return proc, int(found.group(1))
+                    break
     except BaseException:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         raise
+    # keep reading stderr: a server whose pipe is never drained blocks once the pipe is full
+    _LOGS[proc.pid] = log = StderrLog([line])
+    log.task = asyncio.create_task(log.drain(proc.stderr))
+    return proc, int(found.group(1))
+
+
+class StderrLog:
+    """Every stderr line of a started server, read as it comes."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.lines.append(line.decode(errors="replace"))
+            self.changed.set()
+
+    async def wait_for(self, text: str, timeout: float = 10) -> str:
+        """The first line containing ``text``, waiting up to ``timeout`` seconds for it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                self.changed.clear()
+                await self.changed.wait()
+
+
+_LOGS: dict[int, StderrLog] = {}
+
+
+def stderr_of(proc: asyncio.subprocess.Process) -> StderrLog:
+    return _LOGS[proc.pid]
