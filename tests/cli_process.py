@@ -18,8 +18,10 @@ async def start_cli(
     python: str = sys.executable,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    stdout: int | None = None,
 ) -> tuple[asyncio.subprocess.Process, int]:
-    """Start ``python -m grpcstack.cli serve TARGET --port 0``; return it and its port."""
+    """Start ``python -m grpcstack.cli serve TARGET --port 0``; return it and its port. Its
+    stderr is read all along (``stderr_of``); pass ``stdout=PIPE`` to read the access lines."""
     full = dict(os.environ, PYTHONPATH=PYTHONPATH, GRPC_ENABLE_AUTH="false")
     full.pop("GRPC_SERVER_PORT", None)
     full.update(env or {})
@@ -32,6 +34,7 @@ async def start_cli(
         "--port",
         "0",
         *extra,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
         env=full,
         cwd=cwd or str(ROOT / "tests"),
