@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import grpc
 import h2.connection
 import h2.events
 import pytest
-from conftest import bound_socket, running, settings
+from conftest import running, settings
 from grpclib.client import Channel
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
@@ -152,12 +153,18 @@ async def test_keepalive_pings_idle_connections() -> None:
 
 
 async def test_reuse_port_lets_two_servers_share_a_port() -> None:
-    probe = bound_socket()
+    # the probe keeps the port (it is in the same SO_REUSEPORT group, never listening), so no
+    # other process can take it between the probe and the servers' binds
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-    probe.close()
     first = EchoServer(settings(GRPC_SERVER_PORT=port, GRPC_SERVER_REUSE_PORT=True))
     second = EchoServer(settings(GRPC_SERVER_PORT=port, GRPC_SERVER_REUSE_PORT=True))
-    await first.start()
+    try:
+        await first.start()
+    finally:
+        probe.close()
     try:
         await second.start()
         try:
