@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Any
 
 import grpc
 import h2.connection
@@ -164,6 +165,27 @@ async def test_server_answers_deadline_exceeded_itself(timeout: str) -> None:
         assert seen["grpc-status"] == str(Status.DEADLINE_EXCEEDED.value), seen
         await eventually(lambda: not server.grpc_server.inflight)
         assert server.echo.finished == 0
+
+
+async def test_grpcio_1ms_deadlines_are_never_internal(pb2: Any) -> None:
+    """grpcio sends what remains of a 1 ms deadline, often already expired when the server reads
+    it. The server used to answer those UNKNOWN "Internal Server Error" (grpcio: INTERNAL)."""
+    server = EchoServer(settings())
+    async with running(server):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as gch:
+            stub = pb2.echo_grpc.EchoServiceStub(gch)
+            await stub.Echo(pb2.echo.EchoRequest(message="warm"), timeout=10)
+            codes = []
+            for _ in range(20):
+                try:
+                    await stub.Echo(pb2.echo.EchoRequest(sleep_seconds=30), timeout=0.001)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as err:
+                    codes.append(err.code())
+        assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        await eventually(lambda: not server.grpc_server.inflight)
+        counted = handled(server, ECHO_SERVICE)
+        assert set(counted) <= {("Echo", "OK"), ("Echo", "DeadlineExceeded")}, counted
 
 
 @pytest.mark.parametrize(
