@@ -50,10 +50,13 @@ def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     )
     assert rc == 0, "protoc failed"
     sys.path.insert(0, str(out))
-    ns = types.SimpleNamespace()
-    for name in ("common", "ocr", "echo", "llm", "strategy", "market_data", "indicator"):
-        setattr(ns, name, importlib.import_module(f"{name}_pb2"))
-        setattr(ns, f"{name}_grpc", importlib.import_module(f"{name}_pb2_grpc"))
+    try:  # on the path only while importing: the modules stay in sys.modules
+        ns = types.SimpleNamespace()
+        for name in ("common", "ocr", "echo", "llm", "strategy", "market_data", "indicator"):
+            setattr(ns, name, importlib.import_module(f"{name}_pb2"))
+            setattr(ns, f"{name}_grpc", importlib.import_module(f"{name}_pb2_grpc"))
+    finally:
+        sys.path.remove(str(out))
     return ns
 
 

@@ -28,7 +28,16 @@ class MongoProcess:
         return f"mongodb://127.0.0.1:{self.port}/grpcstack_test"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        """Start on a free port; a start that fails because the probed port was taken meanwhile
+        is retried on a new port."""
+        for _ in range(5):
+            if self._start_once():
+                return
+            self.port = free_port()
+        raise RuntimeError("secantusd-py did not start (5 tries)")
+
+    def _start_once(self) -> bool:
+        self.proc = proc = subprocess.Popen(
             [
                 self.binary,
                 "--host",
@@ -45,15 +54,18 @@ class MongoProcess:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"secantusd-py exited with {self.proc.returncode}")
+            if proc.poll() is not None:
+                self.stop()
+                return False
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
             except OSError:
                 time.sleep(0.1)
+                continue
+            if proc.poll() is None:  # still alive: the port is its own, not a stranger's
+                return True
         self.stop()
-        raise RuntimeError("secantusd-py did not start")
+        return False
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -32,7 +32,17 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        """Start on a free port. The port is probed, then bound by redis-server: another process
+        can take it in between, so a start that fails that way is retried on a new port, and the
+        server answering is checked to be ours (its process id)."""
+        for _ in range(5):
+            if self._start_once():
+                return
+            self.port = free_port()
+        raise RuntimeError("redis-server did not start (5 tries)")
+
+    def _start_once(self) -> bool:
+        self.proc = proc = subprocess.Popen(
             [
                 self.binary,
                 "--port",
@@ -53,16 +63,17 @@ class RedisProcess:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                    s.sendall(b"INFO server\r\n")
+                    if f"process_id:{proc.pid}\r\n".encode() in _read_bulk(s):
+                        return True
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError("redis-server did not start")
+        return False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -78,3 +89,21 @@ class RedisProcess:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+def _read_bulk(sock: socket.socket) -> bytes:
+    """One RESP bulk-string reply (INFO's), read until its announced length has arrived."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n")
+    size = int(head[1:]) if head.startswith(b"$") else 0
+    while len(body) < size:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return body

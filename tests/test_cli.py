@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_process import start_command
+from cli_process import PYTHONPATH, start_cli, start_command, stderr_of
 from conftest import ROOT
 from grpclib.client import Channel
 
@@ -113,6 +114,35 @@ async def _serve_and_call(argv: list[str], cwd: Path) -> None:
             await proc.wait()
 
 
+async def test_access_lines_on_stdout_server_logs_on_stderr() -> None:
+    """`grpcstack serve`: JSON access lines on stdout, flushed while the server runs (every 50 ms,
+    not when the pipe's buffer fills or the process exits); server logs on stderr only."""
+    proc, port = await start_cli(stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        ch = Channel("127.0.0.1", port)
+        try:
+            await EchoServiceStub(ch).echo(EchoRequest(message="logged"))
+        finally:
+            ch.close()
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert proc.returncode is None  # it arrived through a flush, not at exit
+        access = json.loads(line)
+        assert (access["grpc.method"], access["grpc.code"]) == ("Echo", "OK")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        rest = (await proc.stdout.read()).decode().splitlines()
+        assert all(json.loads(x)["msg"] == "finished call" for x in rest)  # nothing else on stdout
+        err = stderr_of(proc)
+        await err.wait_for("stopped")
+        assert any("on port" in x for x in err.lines)
+        assert not any('"finished call"' in x for x in err.lines)  # no access line on stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_serve_imports_from_the_current_folder(tmp_path: Path) -> None:
     """The console script (not `python -m`, which adds the cwd itself) finds ./app.py."""
     (tmp_path / "app.py").write_text(APP)
@@ -136,3 +166,43 @@ def test_serve_bad_app_dir(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "grpcstack: --app-dir 'missing' is not a folder"
+
+
+LOOP_SERVER = """
+import asyncio
+
+from gen.echo.v1 import EchoRequest, EchoResponse
+from platform_services.echo import EchoServer, EchoService
+
+
+class LoopEcho(EchoService):
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        return EchoResponse(message=type(asyncio.get_running_loop()).__module__)
+
+
+class LoopServer(EchoServer):
+    def services(self):
+        return [LoopEcho()]
+"""
+
+
+@pytest.mark.parametrize("uvloop", ["true", "false"])
+async def test_grpc_uvloop_picks_the_event_loop(uvloop: str, tmp_path: Path) -> None:
+    if uvloop == "true":
+        pytest.importorskip("uvloop")
+    (tmp_path / "loop_server.py").write_text(LOOP_SERVER)
+    proc, port = await start_cli(
+        "loop_server:LoopServer",
+        env={"GRPC_UVLOOP": uvloop, "PYTHONPATH": os.pathsep.join([str(tmp_path), PYTHONPATH])},
+    )
+    try:
+        ch = Channel("127.0.0.1", port)
+        try:
+            reply = await EchoServiceStub(ch).echo(EchoRequest())
+        finally:
+            ch.close()
+        assert reply.message.split(".")[0] == ("uvloop" if uvloop == "true" else "asyncio")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import bound_socket, channel, running, settings
+from conftest import channel, running, settings
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
@@ -100,8 +100,7 @@ async def test_failing_and_hanging_checks_count_as_not_serving() -> None:
 
 async def test_watch_unknown_service_then_stop_ends_stream() -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    async with channel(server) as ch:
+    async with running(server), channel(server) as ch:
         health = HealthStub(ch)
         async with health.Watch.open() as unknown:
             await unknown.send_message(HealthCheckRequest(service="x.Y"), end=True)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
+import h2.connection
+import h2.errors
+import h2.events
 import pytest
 from conftest import bound_socket, channel, running, settings
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
+from h2_client import GRPC_HEADERS, grpc_frame
+from waiting import eventually
 
-from gen.echo.v1 import EchoRequest, EchoServiceStub
+from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 from grpcstack import AsyncBaseServer
+from grpcstack.server import GOAWAY_LINGER_SECONDS
 from platform_services.echo import EchoServer
 
 
@@ -73,27 +80,37 @@ async def test_services_is_required() -> None:
 
 async def test_graceful_stop_lets_inflight_call_finish() -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    async with channel(server) as ch:
+    gate = asyncio.Event()  # the in-flight calls finish when the test says so, not on a timer
+    arrived: list[str] = []
+
+    async def held(message: EchoRequest) -> EchoResponse:
+        arrived.append(message.message)
+        await gate.wait()
+        server.echo.finished += 1
+        return EchoResponse(message=message.message)
+
+    server.echo.echo = held  # type: ignore[method-assign]
+    async with running(server), channel(server) as ch:
         stub = EchoServiceStub(ch)
-        call = asyncio.create_task(stub.echo(EchoRequest(message="slow", sleep_seconds=0.5)))
-        await server.echo.started.wait()
-        stop = asyncio.create_task(server.stop(5))
-        async with asyncio.timeout(5):
-            while server.grpc_server is None or not server.grpc_server.draining:
-                await asyncio.sleep(0.01)
+        call = asyncio.create_task(stub.echo(EchoRequest(message="slow")))
+        await eventually(lambda: arrived == ["slow"])
+        stop = asyncio.create_task(server.stop(30))
+        await eventually(lambda: server.grpc_server is not None and server.grpc_server.draining)
         # a busy connection gets its GOAWAY when it next falls idle (grpclib's client ends
         # in-flight calls on any GOAWAY), so a call sent on it now is still served, not refused
-        assert (await stub.echo(EchoRequest(message="late"))).message == "late"
+        late = asyncio.create_task(stub.echo(EchoRequest(message="late")))
+        await eventually(lambda: arrived == ["slow", "late"])
+        assert not stop.done()  # still waiting for the in-flight calls
+        gate.set()
+        assert (await late).message == "late"
         assert (await call).message == "slow"
-        await stop
+        await asyncio.wait_for(stop, 10)
     assert server.echo.finished == 2
 
 
 async def test_stop_whose_grace_expires_answers_unavailable() -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    async with channel(server) as ch:
+    async with running(server), channel(server) as ch:
         call = asyncio.create_task(
             EchoServiceStub(ch).echo(EchoRequest(message="too slow", sleep_seconds=30))
         )
@@ -110,8 +127,7 @@ async def test_stop_whose_grace_expires_answers_unavailable() -> None:
 
 async def test_grace_expiry_seen_by_grpcio_client(pb2) -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with running(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb2.echo_grpc.EchoServiceStub(ch)
         call = stub.Echo(pb2.echo.EchoRequest(message="x", sleep_seconds=30), timeout=10)
         await server.echo.started.wait()
@@ -123,19 +139,61 @@ async def test_grace_expiry_seen_by_grpcio_client(pb2) -> None:
 
 async def test_stop_is_idempotent_and_wait_for_termination_returns() -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    waiter = asyncio.create_task(server.wait_for_termination())
-    await asyncio.gather(server.stop(0), server.stop(0))
-    await asyncio.wait_for(waiter, 2)
+    async with running(server):
+        waiter = asyncio.create_task(server.wait_for_termination())
+        await asyncio.gather(server.stop(0), server.stop(0))
+        await asyncio.wait_for(waiter, 10)
     assert server.calls.count("after_stop") == 1
 
 
 async def test_idle_connection_does_not_block_stop() -> None:
     server = EchoServer(settings())
-    await server.start(sock=bound_socket())
-    ch = channel(server)
-    async with ch as conn:
+    async with running(server), channel(server) as conn:
         await EchoServiceStub(conn).echo(EchoRequest(message="warm"))
-        await asyncio.wait_for(server.stop(5), 4)  # returns without waiting for the client
-        with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError, OSError)):
+        await asyncio.wait_for(server.stop(30), 10)  # returns without waiting for the client
+        assert server.calls[-1] == "after_stop"
+        # the server said GOAWAY and closed: grpclib's client opens a new connection, which
+        # nothing accepts any more (a refused connect, not a status from a stopped server)
+        with pytest.raises((ConnectionError, OSError)):
             await EchoServiceStub(conn).echo(EchoRequest(message="after"))
+
+
+async def test_stop_answers_in_flight_then_goaway_after_the_linger() -> None:
+    """On a raw HTTP/2 connection: the in-flight call's UNAVAILABLE trailers arrive first, the
+    GOAWAY (NO_ERROR, naming the last stream the server took) at least GOAWAY_LINGER_SECONDS
+    later, then the server closes the connection."""
+    server = EchoServer(settings())
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, list(GRPC_HEADERS.items()))
+        conn.send_data(1, grpc_frame(bytes(EchoRequest(sleep_seconds=30))), end_stream=True)
+        writer.write(conn.data_to_send())
+        await server.echo.started.wait()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.create_task(server.stop(0.1))
+        seen: list[tuple[str, float, Any]] = []
+        try:
+            async with asyncio.timeout(10):
+                while data := await reader.read(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(
+                            event, h2.events.TrailersReceived | h2.events.ResponseReceived
+                        ):
+                            seen.append(("headers", loop.time(), dict(event.headers)))
+                        elif isinstance(event, h2.events.ConnectionTerminated):
+                            seen.append(("goaway", loop.time(), event))
+                    writer.write(conn.data_to_send())
+            seen.append(("closed", loop.time(), None))
+        finally:
+            writer.close()
+        await asyncio.wait_for(stop, 10)
+    kinds = [kind for kind, _, _ in seen]
+    assert kinds == ["headers", "goaway", "closed"], kinds
+    (_, answered, headers), (_, goaway_at, goaway), _ = seen
+    assert headers[b"grpc-status"] == str(Status.UNAVAILABLE.value).encode()
+    assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert goaway.last_stream_id == 1
+    # the linger is a sleep on the server's loop: it can only come late, never early
+    assert goaway_at - answered >= GOAWAY_LINGER_SECONDS * 0.9

@@ -9,14 +9,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from calls import CLIENTS, METHODS, call
-from conftest import running, settings
-from grpclib.const import Status
+from conftest import channel, running, settings
+from grpclib.const import Cardinality, Status
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest, ServerReflectionResponse
 
-from gen.echo.v1 import EchoRequest
+from gen.echo.v1 import EchoRequest, EchoResponse
 from grpcstack.middleware.metrics import GO_CODE_NAMES
-from platform_services.echo import EchoServer
+from platform_services.echo import EchoServer, EchoService
+
+ECHO_SERVICE = "echo.v1.EchoService"
 
 USER = {"user-id": "alice"}
 GRPC_TYPE = {
@@ -48,10 +54,37 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "grpcstack.access"]
 
 
+class EnteredEcho(EchoService):
+    """EchoService that records every handler it enters, whatever the cardinality."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered: list[str] = []
+
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.entered.append("Echo")
+        return await super().echo(message)
+
+    async def collect(self, messages: AsyncIterator[EchoRequest]) -> EchoResponse:
+        self.entered.append("Collect")
+        return await super().collect(messages)
+
+    async def expand(self, message: EchoRequest) -> AsyncIterator[EchoResponse]:
+        self.entered.append("Expand")
+        async for reply in super().expand(message):
+            yield reply
+
+    async def chat(self, messages: AsyncIterator[EchoRequest]) -> AsyncIterator[EchoResponse]:
+        self.entered.append("Chat")
+        async for reply in super().chat(messages):
+            yield reply
+
+
 @pytest.fixture
 async def server(caplog: pytest.LogCaptureFixture) -> AsyncIterator[EchoServer]:
     caplog.set_level(logging.INFO)
     srv = EchoServer(settings(GRPC_ENABLE_AUTH=True, GRPC_RATE_LIMIT_MAX_REQUESTS=1000))
+    srv.echo = EnteredEcho()
     async with running(srv):
         yield srv
 
@@ -71,6 +104,7 @@ async def test_ok_call_counts_logs_and_echoes_correlation_id(
     )
     assert out.status is Status.OK, out.message
     assert [r.message for r in out.responses] == (["hi", "hi"] if method == "Expand" else ["hi"])
+    assert server.echo.entered == [method]
     assert out.initial["x-correlation-id"] == "req-42"
     assert handled(server, method, Status.OK) == 1
     assert sample(server, "grpc_server_started_total", method) == 1
@@ -111,7 +145,7 @@ async def test_unauthenticated(
     assert out.status is Status.UNAUTHENTICATED
     assert out.message == message
     assert out.responses == []
-    assert server.echo.started.is_set() is False
+    assert server.echo.entered == []  # no handler ran, whatever the cardinality
     assert handled(server, method, Status.UNAUTHENTICATED) == 1
     assert sample(server, "grpc_server_in_flight", method) == 0
     # onion semantics: Auth rejected the call, so the later middlewares never saw it
@@ -236,18 +270,59 @@ async def test_rate_limit_retry_info_details_grpclib() -> None:
     assert delay_ms == int(out.trailing["retry-after-ms"])
 
 
+LIST_SERVICES = ServerReflectionRequest(list_services="*")
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_health_and_reflection_need_no_user_id(pb2: Any, client: str) -> None:
-    import grpc
-    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-
-    srv = EchoServer(settings(GRPC_ENABLE_AUTH=True, GRPC_RATE_LIMIT_MAX_REQUESTS=1))
+    """With auth on and a budget of one call, health and reflection (both versions) still answer
+    a caller with no user id, again and again: exempt from Auth and from RateLimit."""
+    srv = EchoServer(
+        settings(
+            GRPC_ENABLE_AUTH=True,
+            GRPC_RATE_LIMIT_MAX_REQUESTS=1,
+            GRPC_SERVER_ENABLE_REFLECTION=True,
+        )
+    )
+    reflection = [
+        f"/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo" for v in ("v1", "v1alpha")
+    ]
     async with running(srv):
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            check = ch.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=HealthCheckRequest.SerializeToString,
-                response_deserializer=HealthCheckResponse.FromString,
-            )
-            for _ in range(3):  # not rate limited either
-                assert (await check(HealthCheckRequest(), timeout=5)).status == 1
+        for _ in range(3):
+            if client == "grpcio":
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                    check = ch.unary_unary(
+                        "/grpc.health.v1.Health/Check",
+                        request_serializer=HealthCheckRequest.SerializeToString,
+                        response_deserializer=HealthCheckResponse.FromString,
+                    )
+                    assert (await check(HealthCheckRequest(), timeout=5)).status == 1
+                    for path in reflection:
+                        info = ch.stream_stream(
+                            path,
+                            request_serializer=ServerReflectionRequest.SerializeToString,
+                            response_deserializer=ServerReflectionResponse.FromString,
+                        )
+                        replies = [r async for r in info(iter([LIST_SERVICES]), timeout=5)]
+                        assert ECHO_SERVICE in listed(replies)
+            else:
+                async with channel(srv) as ch:
+                    assert (await HealthStub(ch).Check(HealthCheckRequest())).status == 1
+                    for path in reflection:
+                        async with ch.request(
+                            path,
+                            Cardinality.STREAM_STREAM,
+                            ServerReflectionRequest,
+                            ServerReflectionResponse,
+                            timeout=5,
+                        ) as st:
+                            await st.send_message(LIST_SERVICES, end=True)
+                            replies = [r async for r in st]
+                        assert ECHO_SERVICE in listed(replies)
+        # ...while an ordinary call without a user id is refused
+        out = await call(client, srv.port, "Echo", EchoRequest(), pb2=pb2)
+        assert out.status is Status.UNAUTHENTICATED
+
+
+def listed(replies: list[Any]) -> list[str]:
+    return [s.name for r in replies for s in r.list_services_response.service]

@@ -17,13 +17,28 @@ HERE = Path(__file__).resolve().parent
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
-async def run(*argv: str) -> str:
+async def run_process(*argv: str, timeout: float = 60) -> tuple[int, bytes, bytes]:
+    """Run a child to completion; killed (never left running) when it outlives ``timeout``."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT)
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def run(*argv: str) -> str:
+    code, out, err = await run_process(*argv)
+    assert code == 0, err.decode()
     return out.decode()
+
+
+needs_grpcurl = pytest.mark.skipif(not Path(GRPCURL).exists(), reason="grpcurl not installed")
 
 
 async def test_grpcio_reflection_client_lists_describes_and_calls() -> None:
@@ -56,7 +71,7 @@ async def test_grpcio_reflection_client_lists_describes_and_calls() -> None:
     assert out["call"] == {"message": "via reflection"}
 
 
-@pytest.mark.skipif(not Path(GRPCURL).exists(), reason="grpcurl not installed")
+@needs_grpcurl
 async def test_grpcurl_list_describe_call() -> None:
     server = EchoServer(settings(GRPC_SERVER_ENABLE_REFLECTION=True))
     async with running(server):
@@ -78,17 +93,12 @@ async def test_grpcurl_list_describe_call() -> None:
         assert reply == {"message": "hi", "payloadSize": 3}
 
 
+@needs_grpcurl
 async def test_reflection_off_by_default() -> None:
     server = EchoServer(settings())
     async with running(server):
-        proc = await asyncio.create_subprocess_exec(
-            GRPCURL,
-            "-plaintext",
-            f"127.0.0.1:{server.port}",
-            "list",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code, _, err = await run_process(
+            GRPCURL, "-plaintext", f"127.0.0.1:{server.port}", "list", timeout=30
         )
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode != 0
+        assert code != 0
         assert b"does not support the reflection API" in err

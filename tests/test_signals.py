@@ -4,67 +4,34 @@ on every supported Python (grpclib's wait_closed() hangs on >= 3.12 without the 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import grpc
+import provision
 import pytest
-from cli_process import start_cli
-from conftest import ROOT
+from cli_process import start_cli, stderr_of
 from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from gen.echo.v1 import EchoRequest, EchoServiceStub
-
-RUNTIME_DEPS = [
-    "grpclib==0.4.9",
-    "betterproto2[grpclib,protobuf]==0.10.*",
-    "pydantic-settings",
-    "prometheus-client",
-    "googleapis-common-protos",
-    "aiocache==0.12.*",
-]
-VENVS = ROOT / ".cache" / "venvs"
+from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 
 
-def interpreter(version: str) -> str:
-    """A Python of ``version`` with grpcstack's runtime deps, or skip when none is installed."""
-    if version == f"{sys.version_info.major}.{sys.version_info.minor}":
-        return sys.executable
-    base = find_python(version)
-    if base is None:
+@pytest.fixture(scope="session")
+def pythons() -> dict[str, str | None]:
+    """Every supported Python with the runtime deps, provisioned once per session (see
+    tests/provision.py: a cache outside the repository, installs with their own time bound)."""
+    return {version: provision.python_with_runtime(version) for version in provision.PYTHONS}
+
+
+@pytest.mark.timeout(2 * provision.INSTALL_TIMEOUT + 120)  # the first use provisions
+@pytest.mark.parametrize("version", provision.PYTHONS)
+async def test_sigterm_with_idle_clients_exits_zero(
+    version: str, pythons: dict[str, str | None]
+) -> None:
+    python = pythons[version]
+    if python is None:
         pytest.skip(f"python{version} is not installed")
-    venv = VENVS / version
-    python = venv / "bin" / "python"
-    marker = venv / ".ready"
-    wanted = "\n".join(RUNTIME_DEPS)
-    if not marker.exists() or marker.read_text() != wanted:
-        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *RUNTIME_DEPS], check=True, timeout=600
-        )
-        marker.write_text(wanted)
-    return str(python)
-
-
-def find_python(version: str) -> str | None:
-    """python{version} on PATH (pyenv shims included) or under ~/.pyenv, if it really runs."""
-    candidates = [shutil.which(f"python{version}")]
-    candidates += sorted(
-        str(p) for p in Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}")
-    )
-    for candidate in filter(None, candidates):
-        ok = subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0
-        if ok:
-            return candidate
-    return None
-
-
-@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
-async def test_sigterm_with_idle_clients_exits_zero(version: str) -> None:
-    python = await asyncio.to_thread(interpreter, version)
     proc, port = await start_cli(
         "platform_services.echo:EchoServer", "--reload-free", python=python
     )
@@ -89,26 +56,24 @@ async def test_sigterm_with_idle_clients_exits_zero(version: str) -> None:
 async def test_second_signal_exits_at_once() -> None:
     proc, port = await start_cli()
     try:
-        env_grace = 60  # the default grace is 10 s; the in-flight call sleeps longer
+        # a Chat call the client never ends: once its first reply is back the server holds it,
+        # and the drain (the default grace is 10 s) waits for it
         ch = Channel("127.0.0.1", port)
-        call = asyncio.create_task(
-            EchoServiceStub(ch).echo(EchoRequest(sleep_seconds=env_grace), timeout=30)
-        )
-        await asyncio.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        assert proc.returncode is None  # draining, waiting for the call
-        proc.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(proc.wait(), 5)
-        assert code == 1
-        call.cancel()
+        async with ch.request(
+            "/echo.v1.EchoService/Chat", Cardinality.STREAM_STREAM, EchoRequest, EchoResponse
+        ) as chat:
+            await chat.send_message(EchoRequest(message="held"))
+            assert (await chat.recv_message()).message == "held"
+            proc.send_signal(signal.SIGTERM)
+            await stderr_of(proc).wait_for("stopping gracefully")
+            assert proc.returncode is None  # draining, waiting for the call
+            proc.send_signal(signal.SIGINT)
+            code = await asyncio.wait_for(proc.wait(), 10)
+            assert code == 1
+            with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError)):
+                await asyncio.wait_for(chat.recv_message(), 10)
         ch.close()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-
-def test_venv_cache_is_ignored_by_git() -> None:
-    ignored = Path(ROOT / ".gitignore").read_text()
-    assert "/.cache/" in ignored

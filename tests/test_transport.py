@@ -6,6 +6,7 @@ If a grpclib upgrade breaks one of these, this file fails first and says which h
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any
 
 import grpclib
@@ -13,9 +14,11 @@ import grpclib.protocol
 import grpclib.server
 import grpclib.utils
 from conftest import channel, running, settings
+from grpclib.const import Cardinality
 
-from gen.echo.v1 import EchoRequest, EchoServiceStub
+from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 from grpcstack import _compat
+from grpcstack.codec import StackCodec
 from platform_services.echo import EchoServer
 
 
@@ -42,10 +45,22 @@ def test_private_hooks_exist() -> None:
     assert {"codec", "status_details_codec", "dispatch", "deadline", "user_agent"} <= set(
         stream_params
     )
-    for name in ("_messages_received", "_cardinality", "_recv_type", "_dispatch", "_stream"):
-        assert hasattr(grpclib.server.Stream, name) or name in inspect.getsource(
-            grpclib.server.Stream.__init__
-        ), name
+    # instance attributes: build a real server Stream and look at it (not at its source text)
+    connection = types.SimpleNamespace(get_peer=lambda: None)
+    stream = grpclib.server.Stream(
+        types.SimpleNamespace(connection=connection),  # type: ignore[arg-type]
+        "/echo.v1.EchoService/Echo",
+        Cardinality.UNARY_UNARY,
+        EchoRequest,
+        EchoResponse,
+        codec=StackCodec(),
+        status_details_codec=None,
+        dispatch=None,  # type: ignore[arg-type]
+    )
+    assert stream._messages_received == 0
+    assert stream._cardinality is Cardinality.UNARY_UNARY
+    assert stream._recv_type is EchoRequest
+    assert hasattr(stream, "_dispatch") and hasattr(stream, "_stream")
     assert callable(grpclib.protocol._set_nodelay)
     assert callable(grpclib.server.Handler.cancel)
     for name in ("_send_initial_metadata_done", "_send_message_done", "_messages_sent"):
