@@ -64,7 +64,7 @@ class _Canned(OcrServiceBase):
 
 
 class _CachedCanned(OcrServiceBase):
-    @cached(ttl=3600)
+    @cached(ttl=3600, shared=True)
     async def extract_text(self, message: OcrRequest) -> OcrResponse:
         return CANNED
 

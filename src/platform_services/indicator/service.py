@@ -47,7 +47,7 @@ class IndicatorService(IndicatorServiceBase):
         self.market_data = market_data
         self.max_bars = max_bars
 
-    @cached(ttl=METADATA_TTL_SECONDS, tiers=("l1", "l2"))
+    @cached(ttl=METADATA_TTL_SECONDS, tiers=("l1", "l2"), shared=True)
     async def get_indicator_metadata(
         self, message: GetIndicatorMetadataRequest
     ) -> GetIndicatorMetadataResponse:

@@ -75,7 +75,7 @@ class LlmService(LlmServiceBase):
             raise GRPCError(GrpcStatus.UNAVAILABLE, str(exc)) from None
         yield LlmStreamResponse(token="", is_complete=True)
 
-    @cached(ttl=DSL_TTL_SECONDS, tiers=("l1", "l2"))
+    @cached(ttl=DSL_TTL_SECONDS, tiers=("l1", "l2"), shared=True)
     async def validate_dsl(self, message: ValidateDslRequest) -> ValidateDslResponse:
         if len(message.expression) > MAX_LENGTH:
             raise GRPCError(

@@ -25,7 +25,7 @@ class QuoteMixin:
     store: Any
     cache: Any
 
-    @cached(ttl=QUOTE_TTL_SECONDS, tiers=("l1", "l2", "l3"), key=quote_key)
+    @cached(ttl=QUOTE_TTL_SECONDS, tiers=("l1", "l2", "l3"), key=quote_key, shared=True)
     async def get_stock_quote(self, message: GetStockQuoteRequest) -> StockQuote:
         symbol = normalize_symbol(message.symbol)
         rows = await self.store.query(

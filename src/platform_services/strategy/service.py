@@ -157,7 +157,6 @@ class StrategyService(StrategyServiceBase):
     @cached(
         ttl=CACHE_TTL_SECONDS,
         tiers=("l1", "l2"),
-        per_user=True,
         key=lambda _svc, msg: f"{msg.strategy_id}:{msg.seq}",
     )
     async def get_strategy_version(self, message: GetStrategyVersionRequest) -> StrategyVersion:
