@@ -1,15 +1,14 @@
-"""OcrClient (seed 001's worker client) against the real OCR service on real Tesseract."""
+"""OcrClient (seed 001's worker client) against the real OCR service (RapidOCR, the default)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from conftest import bound_socket, running
 from grpclib.const import Status as GrpcStatus
-from test_ocr import images, platform  # noqa: F401 - fixtures
+from test_ocr import ocr_platform, root  # noqa: F401 - fixtures
 
 from gen.common.v1 import Status
 from gen.ocr.v1 import OcrBatchProgress
@@ -23,10 +22,6 @@ from platform_services.ocr.client import (
 from platform_services.server import PlatformServer
 from platform_services.settings import OcrClientSettings
 
-needs_tesseract = pytest.mark.skipif(
-    shutil.which("tesseract") is None, reason="tesseract is not installed"
-)
-
 
 def ocr_settings(port: int, **overrides: object) -> OcrClientSettings:
     return OcrClientSettings(  # type: ignore[call-arg]
@@ -35,13 +30,12 @@ def ocr_settings(port: int, **overrides: object) -> OcrClientSettings:
 
 
 @pytest.fixture
-async def ocr_server(images: Path) -> AsyncIterator[PlatformServer]:  # noqa: F811
-    server = platform(images, GRPC_ENABLE_RATE_LIMITING=False)
+async def ocr_server(root: Path) -> AsyncIterator[PlatformServer]:  # noqa: F811
+    server = ocr_platform(root, GRPC_ENABLE_RATE_LIMITING=False, GRPC_ENABLE_AUTH=False)
     async with running(server):
         yield server
 
 
-@needs_tesseract
 async def test_extract_text_and_health(ocr_server: PlatformServer) -> None:
     async with OcrClient(settings=ocr_settings(ocr_server.port or 0)) as client:
         reply = await client.extract_text("hello.png", language="english")
@@ -53,7 +47,6 @@ async def test_extract_text_and_health(ocr_server: PlatformServer) -> None:
         assert health.model_loaded and health.engine_type
 
 
-@needs_tesseract
 async def test_batch_iterates_the_progress_stream_with_a_callback(
     ocr_server: PlatformServer,
 ) -> None:
@@ -76,8 +69,8 @@ async def test_batch_iterates_the_progress_stream_with_a_callback(
     assert seen[-1][2] == pytest.approx(100.0)
 
 
-async def test_invalid_requests_are_permanent_failures(images: Path) -> None:  # noqa: F811
-    server = platform(images, GRPC_ENABLE_RATE_LIMITING=False)
+async def test_invalid_requests_are_permanent_failures(root: Path) -> None:  # noqa: F811
+    server = ocr_platform(root, GRPC_ENABLE_RATE_LIMITING=False, GRPC_ENABLE_AUTH=False)
     async with running(server):
         async with OcrClient(settings=ocr_settings(server.port or 0)) as client:
             with pytest.raises(PermanentOcrError) as err:
@@ -90,7 +83,7 @@ async def test_invalid_requests_are_permanent_failures(images: Path) -> None:  #
                 await client.extract_text_batch([], language="english")
 
 
-async def test_unavailable_and_deadline_are_retryable(images: Path) -> None:  # noqa: F811
+async def test_unavailable_and_deadline_are_retryable(root: Path) -> None:  # noqa: F811
     sock = bound_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -99,7 +92,7 @@ async def test_unavailable_and_deadline_are_retryable(images: Path) -> None:  # 
         with pytest.raises(RetryableOcrError) as err:
             await client.extract_text("hello.png")
         assert err.value.status is GrpcStatus.UNAVAILABLE and err.value.retryable
-    server = platform(images, GRPC_ENABLE_RATE_LIMITING=False)
+    server = ocr_platform(root, GRPC_ENABLE_RATE_LIMITING=False, GRPC_ENABLE_AUTH=False)
     async with running(server):
         async with OcrClient(settings=ocr_settings(server.port or 0)) as client:
             with pytest.raises(RetryableOcrError) as err:
