@@ -168,3 +168,19 @@ def test_cli_warns_in_one_line_about_names_it_ignores(tmp_path: Path) -> None:
     )
     assert lines[1].startswith("grpcstack: invalid setting GRPC_ENABLE_AUTH (got 'maybe')")
     assert len(lines) == 2
+
+
+def test_names_of_other_stack_settings_classes_are_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settings class elsewhere in grpcstack (e.g. a client's) owns its names: not typos."""
+    import warnings
+
+    from pydantic_settings import BaseSettings
+
+    class ClientSideSettings(BaseSettings):
+        GRPC_CLIENT_RETRY_ATTEMPTS: int = 3
+
+    ClientSideSettings.__module__ = "grpcstack.client_side_test"
+    monkeypatch.setenv("GRPC_CLIENT_RETRY_ATTEMPTS", "5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ServerSettings()

@@ -369,6 +369,19 @@ def known_names(cls: type[BaseSettings]) -> dict[str, str]:
     return names
 
 
+def stack_names() -> dict[str, str]:
+    """Names of every settings class of grpcstack itself (a client's settings class, say): the
+    environment of a process serving and calling holds both, and neither is a typo."""
+    names: dict[str, str] = {}
+    pending = list(BaseSettings.__subclasses__())
+    while pending:
+        klass = pending.pop()
+        pending.extend(klass.__subclasses__())
+        if klass.__module__.startswith("grpcstack.") and not getattr(klass, "hermetic", False):
+            names.update(known_names(klass))
+    return names
+
+
 def _suggestion(name: str, known: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name.upper(), list(known), n=1, cutoff=TYPO_CUTOFF)
     return close[0] if close else None
@@ -412,7 +425,7 @@ def check_environment(cls: type[BaseSettings], env_file: Any) -> None:
     mean". Any other unknown name under those prefixes may belong to another tool
     (``REDIS_PASSWORD`` for redis-cli): a SettingsWarning says it is ignored.
     """
-    known = known_names(cls)
+    known = known_names(cls) | stack_names()
     found: dict[str, str] = {}
     for name in os.environ:
         found.setdefault(name.upper(), "the environment")
