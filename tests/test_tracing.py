@@ -33,6 +33,7 @@ from grpcstack.middleware import Middleware
 from grpcstack.middleware.tracing import (
     TracingMiddleware,
     client_span,
+    start_client_span,
     trace_metadata,
 )
 from grpcstack.observability import trace_exporter_configured
@@ -418,3 +419,33 @@ async def test_otel_environment_variables_export_over_otlp(tmp_path: Path) -> No
     attrs = {a.key: a.value for a in span.attributes}
     assert attrs["rpc.system"].string_value == "grpc"
     assert attrs["rpc.grpc.status_code"].int_value == 0
+
+
+async def test_start_client_span_for_hook_style_clients(
+    provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    """What a client middleware does: start in on_start (headers appended), finish in on_done."""
+    server = TracedServer(settings(), EchoService(), provider)
+    async with running(server):
+        assert server.port is not None
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("handler"):
+            span, headers = start_client_span(
+                "/echo.v1.EchoService/Echo",
+                peer=("127.0.0.1", server.port),
+                tracer_provider=provider,
+            )
+        assert trace.get_current_span() is not span.span  # not made current
+        out = await call(
+            "grpclib", server.port, "Echo", EchoRequest(fail_with="GRPCError:14"), metadata=headers
+        )
+        span.finish(out.status, out.message)
+    assert out.status is Status.UNAVAILABLE
+    finished = spans.get_finished_spans()
+    (client,) = by_kind(finished, SpanKind.CLIENT)
+    (server_span,) = by_kind(finished, SpanKind.SERVER)
+    handler = next(s for s in finished if s.name == "handler")
+    assert client.parent.span_id == handler.context.span_id
+    assert server_span.parent.span_id == client.context.span_id
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.attributes["rpc.grpc.status_code"] == Status.UNAVAILABLE.value
