@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import SpanKind, StatusCode
-from ops_process import sample, scrape
+from ops_process import ServeProcess, sample, scrape
 from redis_process import free_port
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
@@ -32,6 +33,7 @@ from grpcstack.middleware import Middleware
 from grpcstack.middleware.tracing import (
     TracingMiddleware,
     client_span,
+    start_client_span,
     trace_metadata,
 )
 from grpcstack.observability import trace_exporter_configured
@@ -344,3 +346,106 @@ async def test_the_readme_tracing_example_links_two_services() -> None:
     inner = next(s for s in servers if s is not outer)
     assert client.parent.span_id == outer.context.span_id
     assert inner.parent.span_id == client.context.span_id
+
+
+class Collector:
+    """A real OTLP/gRPC trace receiver on 127.0.0.1 (grpcio), keeping what it is sent."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        received: list[Any] = []
+        self.requests = received
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # the generated name
+                received.append(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def spans(self) -> list[tuple[str, Any]]:
+        """(service.name, span) for every span received."""
+        out = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    out.extend((attrs.get("service.name", ""), s) for s in scope.spans)
+        return out
+
+
+async def test_otel_environment_variables_export_over_otlp(tmp_path: Path) -> None:
+    """`grpcstack serve` with only OTEL_* set (GRPC_TRACING=auto) exports its spans over OTLP."""
+    collector = Collector()
+    await collector.server.start()
+    proc = ServeProcess(
+        tmp_path / "serve.log",
+        "platform_services.echo:EchoServer",
+        "--port",
+        "0",
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_SERVICE_NAME": "otlp-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    try:
+        port = int((await proc.wait_for(r"on port (\d+)")).group(1))
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        out = await call(
+            "grpclib", port, "Echo", EchoRequest(message="o"), metadata={"traceparent": parent}
+        )
+        assert out.status is Status.OK
+        async with asyncio.timeout(30):
+            while not collector.spans():
+                await asyncio.sleep(0.05)
+        proc.signal()
+        assert await proc.wait_exit() == 0
+    finally:
+        proc.close()
+        await collector.server.stop(None)
+    ((service, span),) = [(n, s) for n, s in collector.spans() if s.name.endswith("/Echo")]
+    assert service == "otlp-test"
+    assert span.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
+    assert span.parent_span_id.hex() == "b7ad6b7169203331"
+    attrs = {a.key: a.value for a in span.attributes}
+    assert attrs["rpc.system"].string_value == "grpc"
+    assert attrs["rpc.grpc.status_code"].int_value == 0
+
+
+async def test_start_client_span_for_hook_style_clients(
+    provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    """What a client middleware does: start in on_start (headers appended), finish in on_done."""
+    server = TracedServer(settings(), EchoService(), provider)
+    async with running(server):
+        assert server.port is not None
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("handler"):
+            span, headers = start_client_span(
+                "/echo.v1.EchoService/Echo",
+                peer=("127.0.0.1", server.port),
+                tracer_provider=provider,
+            )
+        assert trace.get_current_span() is not span.span  # not made current
+        out = await call(
+            "grpclib", server.port, "Echo", EchoRequest(fail_with="GRPCError:14"), metadata=headers
+        )
+        span.finish(out.status, out.message)
+    assert out.status is Status.UNAVAILABLE
+    finished = spans.get_finished_spans()
+    (client,) = by_kind(finished, SpanKind.CLIENT)
+    (server_span,) = by_kind(finished, SpanKind.SERVER)
+    handler = next(s for s in finished if s.name == "handler")
+    assert client.parent.span_id == handler.context.span_id
+    assert server_span.parent.span_id == client.context.span_id
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.attributes["rpc.grpc.status_code"] == Status.UNAVAILABLE.value

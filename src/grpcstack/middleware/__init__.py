@@ -2,7 +2,9 @@
 
 Default chain, each switchable by its GRPC_ENABLE_* setting: Metrics, Auth, RateLimit,
 CorrelationId (the seeds' "Metadata"), Logging, ErrorHandling; plus ConcurrencyLimit after
-Metrics when GRPC_MAX_CONCURRENT_RPCS is set. See ``AsyncBaseServer.middlewares()``.
+Metrics when GRPC_MAX_CONCURRENT_RPCS is set, and Tracing (``middleware.tracing``, imported only
+then: it needs ``grpcstack[otel]``) right after Metrics when GRPC_TRACING turns it on. See
+``AsyncBaseServer.middlewares()``.
 """
 
 from .access_log import AccessLogMiddleware

@@ -169,7 +169,8 @@ def trace_metadata() -> dict[str, str]:
 
 
 class ClientSpan:
-    """The span of one outgoing call: :func:`client_span` yields it."""
+    """The CLIENT span of one outgoing call (from :func:`start_client_span` or
+    :func:`client_span`)."""
 
     __slots__ = ("span",)
 
@@ -184,6 +185,37 @@ class ClientSpan:
     def message(self, kind: str, n: int) -> None:
         """Record a streamed message: ``kind`` is "SENT" or "RECEIVED", ``n`` counts from 1."""
         self.span.add_event("message", {"message.type": kind, "message.id": n})
+
+    def finish(self, status: Status, message: str | None = None) -> None:
+        """Set the call's final status and end the span (once)."""
+        self.set_grpc_status(status, message)
+        self.span.end()
+
+
+def _client_attributes(method: str, peer: tuple[str, int] | None) -> tuple[str, dict[str, Any]]:
+    service, _, name = method.strip("/").partition("/")
+    attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    if peer is not None:
+        attributes["server.address"], attributes["server.port"] = peer[0], int(peer[1])
+    return f"{service}/{name}", attributes
+
+
+def start_client_span(
+    method: str,
+    *,
+    peer: tuple[str, int] | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> tuple[ClientSpan, dict[str, str]]:
+    """Start a CLIENT span for ``method``, child of the current span (the call being served, if
+    any), and return it with the ``traceparent``/``tracestate`` headers to send. For hook-style
+    callers (a client middleware: start in ``on_start``, :meth:`ClientSpan.finish` in
+    ``on_done``); the span is not made current."""
+    name, attributes = _client_attributes(method, peer)
+    tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
+    span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    return ClientSpan(span), headers
 
 
 @contextmanager
@@ -202,13 +234,10 @@ def client_span(
         with client_span("/ocr.v1.OCRService/ExtractText", metadata) as span:
             reply = await stub.extract_text(request, metadata=metadata)
     """
-    service, _, name = method.strip("/").partition("/")
-    attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-    if peer is not None:
-        attributes["server.address"], attributes["server.port"] = peer[0], int(peer[1])
+    name, attributes = _client_attributes(method, peer)
     tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
     with tracer.start_as_current_span(
-        f"{service}/{name}",
+        name,
         kind=SpanKind.CLIENT,
         attributes=attributes,
         record_exception=False,
