@@ -317,7 +317,8 @@ class StackProtocol(asyncio.Protocol):
                 size += len(name) + len(value) + 32
                 headers.append((name.decode("ascii"), value.decode("ascii")))
                 if name == b"user-agent" and b"grpclib" in value:
-                    self.python_h2_peer = True
+                    # grpcstack's own Client rides GOAWAY like grpcio (it keeps covered streams)
+                    self.python_h2_peer = not value.startswith(b"grpcstack-client")
         except UnicodeDecodeError:
             self._answer(sid, 13, "Malformed request: non-ASCII byte in a header", "bad_header")
             return
