@@ -52,6 +52,17 @@ log = logging.getLogger("grpcstack.transport")
 _DRAIN_PING = b"grpcstkd"
 LINGER_SECONDS = 1.0
 _FEED_SLICE = 16 * 1024
+#: user-agent parts of clients that keep the streams a GOAWAY covers (gRPC's own stacks)
+_RIDES_GOAWAY = (
+    b"grpc-c/",
+    b"grpc-go/",
+    b"grpc-java",
+    b"grpc-node-js/",
+    b"grpc-dotnet/",
+    b"grpc-swift",
+    b"connect-go/",
+    b"grpcstack-client",
+)
 _MAX_STREAM_ID = 2**31 - 1
 #: hpack must decode a whole header block to stay in sync; beyond this the connection goes
 _HARD_HEADER_CAP_FACTOR = 4
@@ -150,8 +161,10 @@ class StackProtocol(asyncio.Protocol):
         # 0 serving, -1 draining at the next idle moment, 1 drain PING sent, 2 final GOAWAY sent
         self._drain_state = 0
         self._drain_reason = "drain"
-        #: the peer is grpclib (python-h2): it cannot ride a GOAWAY while calls are open
-        self.python_h2_peer = False
+        #: the peer is a client known to keep the streams a GOAWAY covers (grpc-core, grpc-go,
+        #: grpc-java, grpc-js, grpcstack's Client); others (python-h2: grpclib, httpx, ...) end
+        #: every call on any GOAWAY and refuse any frame after one
+        self.rides_goaway = False
         self._timers: list[asyncio.TimerHandle] = []
         self._last_active = time.monotonic()
         self.open = False
@@ -316,9 +329,8 @@ class StackProtocol(asyncio.Protocol):
             for name, value in event.headers:
                 size += len(name) + len(value) + 32
                 headers.append((name.decode("ascii"), value.decode("ascii")))
-                if name == b"user-agent" and b"grpclib" in value:
-                    # grpcstack's own Client rides GOAWAY like grpcio (it keeps covered streams)
-                    self.python_h2_peer = not value.startswith(b"grpcstack-client")
+                if name == b"user-agent":
+                    self.rides_goaway = any(agent in value for agent in _RIDES_GOAWAY)
         except UnicodeDecodeError:
             self._answer(sid, 13, "Malformed request: non-ASCII byte in a header", "bad_header")
             return
@@ -431,21 +443,22 @@ class StackProtocol(asyncio.Protocol):
         done. Streams a peer opens after a final GOAWAY are unprocessed by definition and
         grpcio, grpc-go, grpc-java and grpc-js retry them transparently (gRFC A6).
 
-        python-h2 clients (grpclib) end every call on a connection at any GOAWAY and treat any
-        frame after one as a protocol error, so a busy grpclib connection waits for its next
-        idle moment, and the GOAWAY is always its last frame."""
+        python-h2 clients (grpclib, httpx) end every call on a connection at any GOAWAY and treat
+        any frame after one as a protocol error, so a busy connection of a client not known to
+        ride a GOAWAY (by its user-agent) waits for its next idle moment, and the GOAWAY is
+        always its last frame."""
         if self._drain_state or not self.open:
             return
         self._drain_reason = reason
         self._drain_state = -1  # waiting for an idle moment
         if not self.processor.streams:
             self._idle_while_draining()
-        elif not self.python_h2_peer:
+        elif self.rides_goaway:
             self.send_goaway(NO_ERROR, reason, final=False)
             self._probe()
 
     def _idle_while_draining(self) -> None:
-        if not self.python_h2_peer:
+        if self.rides_goaway:
             self._probe()
             return
         # grpclib's client also fails a finished call whose trailers its task has not read yet
@@ -468,10 +481,10 @@ class StackProtocol(asyncio.Protocol):
             return
         if not self.processor.streams:
             self.close_now(self._drain_reason)
-        elif self.python_h2_peer:  # a call arrived meanwhile: wait for the next idle moment
-            self._drain_state = -1
-        else:
+        elif self.rides_goaway:
             self._final_goaway()
+        else:  # a call arrived meanwhile: wait for the next idle moment
+            self._drain_state = -1
 
     def _final_goaway(self) -> None:
         if self._drain_state == 2 or not self.open:
@@ -498,7 +511,8 @@ class StackProtocol(asyncio.Protocol):
         self.drain("max_connection_age")
         grace = self.policy.max_connection_age_grace
         if grace < float("inf"):
-            self._timers.append(self.loop.call_later(grace, self.close_now))
+            timer = self.loop.call_later(grace, self.close_now, "max_connection_age")
+            self._timers.append(timer)
 
     def _idle_check(self) -> None:
         if not self.open:

@@ -47,7 +47,7 @@ class ConnectionPolicy:
     max_connections: int = 0
     #: how long a drain waits for the PING ack before the final GOAWAY (grpc-go waits for it)
     drain_ping_timeout: float = 1.0
-    #: how long a draining grpclib connection must stay idle before its GOAWAY
+    #: how long a draining connection of a python-h2 client must stay idle before its GOAWAY
     drain_idle_linger: float = 0.25
 
 
