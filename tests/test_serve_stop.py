@@ -34,9 +34,7 @@ async def test_sigterm_runs_a_subclass_stop(tmp_path: Path) -> None:
     try:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(60):
-            assert proc.stderr is not None
-            await proc.stderr.read()
-            assert await proc.wait() == 0
+            assert await proc.wait() == 0  # start_cli keeps reading its stderr
     finally:
         if proc.returncode is None:
             proc.kill()
