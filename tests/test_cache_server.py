@@ -224,6 +224,20 @@ async def test_invalidation_helpers_and_per_user_keys() -> None:
         assert anonymous.status is Status.UNAUTHENTICATED  # auth refuses it before the cache
 
 
+async def test_invalidate_request_without_a_user_reaches_every_callers_entry() -> None:
+    server = PerUserServer(settings(GRPC_ENABLE_AUTH=True))
+    async with running(server):
+        users = [{"user-id": "alice"}, {"user-id": "bob"}]
+        for metadata in users * 2:
+            await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=metadata)
+        assert server.kv.loads == 2
+        assert server.cache is not None
+        await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="k"))
+        for metadata in users:
+            await call("grpclib", server.port, "Echo", EchoRequest(message="k"), metadata=metadata)
+        assert server.kv.loads == 4  # neither user is served the old answer
+
+
 async def test_anonymous_callers_share_one_scope_apart_from_users() -> None:
     server = PerUserServer(settings())  # auth off: no call has a user id
     async with running(server):
@@ -233,7 +247,7 @@ async def test_anonymous_callers_share_one_scope_apart_from_users() -> None:
         assert server.cache is not None
         await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="k"))
         await call("grpclib", server.port, "Echo", EchoRequest(message="k"))
-        assert server.kv.loads == 2  # user_id=None named the anonymous entry
+        assert server.kv.loads == 2
 
 
 class SharedKv(KvService):

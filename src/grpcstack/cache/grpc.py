@@ -186,9 +186,13 @@ class GrpcCache:
         *,
         user_id: str | None = None,
     ) -> None:
-        """Drop one request's entry: ``user_id``'s, or the anonymous one (shared methods: the
-        one entry)."""
+        """Drop one request's entry: on a shared method its one entry; on a per-caller method
+        ``user_id``'s entry, or, without ``user_id``, every caller's: nothing indexes which
+        callers hold that request, so the method's generation moves (coarse, never stale)."""
         path, service, spec = self._resolve(method)
+        if not spec.shared and user_id is None:
+            await self.tiered.invalidate_generation(path, f"{method_prefix(path, self.schema)}:*")
+            return
         extra = [] if spec.shared else [caller_scope(_User(user_id))]
         material = key_material(spec, service, message)
         key = request_key(path, message, schema=self.schema, extra=extra, material=material)

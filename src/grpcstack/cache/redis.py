@@ -62,7 +62,11 @@ class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
         return bool(int(written)), int(current)
 
     async def generations(self, keys: list[str]) -> list[int]:
-        values = await self.client.mget(keys)
+        # one GET per key in a pipeline, not MGET: on a cluster the keys live in different slots
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            values = await pipe.execute()
         return [int(v) if v is not None else 0 for v in values]
 
     async def bump(self, gen_key: str) -> int:
