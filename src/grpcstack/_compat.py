@@ -14,3 +14,15 @@ GRPCLIB_VERSION = "0.4.9"
 # --- server side --------------------------------------------------------------------------
 
 # --- client side --------------------------------------------------------------------------
+
+# --- web side (grpcstack.web: Connect and gRPC-Web over the same handlers) ----------------------
+
+
+def server_dispatch(server: object) -> object:
+    """grpclib's event dispatcher of a Server (where the middleware chain listens)."""
+    return server.__dispatch__  # type: ignore[attr-defined]
+
+
+def server_mapping(server: object) -> dict[str, object]:
+    """The method table of a grpclib Server: full method name -> Handler."""
+    return server._mapping  # type: ignore[attr-defined,no-any-return]

@@ -55,6 +55,7 @@ class CallContext:
         "msg_sent",
         "peer",
         "peer_cancelled",
+        "protocol",
         "request_compressed",
         "service",
         "start",
@@ -100,6 +101,8 @@ class CallContext:
         #: metric children counting messages (set by the metrics middleware)
         self.msg_received: Any = None
         self.msg_sent: Any = None
+        #: the wire protocol: "grpc", or "connect" / "grpc-web" on the HTTP listener
+        self.protocol = "grpc"
         #: free-form per-call state for custom middleware
         self.extra: dict[str, Any] = {}
 

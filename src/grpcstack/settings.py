@@ -167,6 +167,11 @@ class ServerSettings(BaseSettings):
     GRPC_CACHE_NEGATIVE_TTL_SECONDS: Annotated[float, Field(ge=0)] = 5.0
     GRPC_CACHE_TIER_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 0.25
 
+    # Connect / gRPC-Web listener (grpcstack.web): the same services over HTTP/1.1 and h2c
+    GRPC_HTTP_PORT: Port | None = None  # unset = off; 0 = any free port
+    GRPC_HTTP_HOST: str | None = None  # default: GRPC_SERVER_HOST
+    GRPC_HTTP_CORS_ORIGINS: list[str] = Field(default_factory=list)  # browser origins, or ["*"]
+
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:
         if (self.GRPC_TLS_CERT_FILE is None) != (self.GRPC_TLS_KEY_FILE is None):

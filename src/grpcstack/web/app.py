@@ -1,0 +1,479 @@
+"""The ASGI application: Connect (unary, GET, streams) and gRPC-Web over a server's services.
+
+Build it from a started ``AsyncBaseServer`` (``server.web_app()``); the stack serves it on
+``GRPC_HTTP_PORT`` with Hypercorn (HTTP/1.1 and h2c), and a team may mount the same object in an
+existing Starlette/FastAPI application instead. Every call goes through the server's middleware
+chain and handlers (see call.py); nothing here knows about any particular service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from google.protobuf.descriptor_pb2 import MethodOptions
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+from grpclib.metadata import decode_metadata
+
+from ..compression import GZIP, IDENTITY
+from .call import Responder, WebStream, new_call, run_call
+from .connect import ConnectStreamResponder, ConnectUnaryResponder
+from .framing import BodyReader, ClientGone, decompress, envelope, too_large
+from .grpcweb import GrpcWebResponder
+from .jsonmap import JsonMapper
+from .protocol import (
+    GET_ENCODINGS,
+    RESERVED_HEADERS,
+    RESERVED_PREFIXES,
+    Protocol,
+    Wire,
+    detect,
+)
+
+if TYPE_CHECKING:
+    from grpclib.const import Handler
+
+    from ..codec import StackCodec
+    from ..middleware.chain import MiddlewareChain
+
+log = logging.getLogger("grpcstack.web")
+
+Scope = dict[str, Any]
+MAX_TIMEOUT_DIGITS = 10  # Connect-Timeout-Ms: at most 10 digits
+
+
+class WebApp:
+    """ASGI app serving ``mapping`` (full method name -> grpclib Handler, already wrapped by
+    the chain) over Connect and gRPC-Web."""
+
+    def __init__(
+        self,
+        *,
+        mapping: dict[str, Handler],
+        dispatch: Any,
+        chain: MiddlewareChain | None,
+        codec: StackCodec,
+        max_receive_length: int,
+        max_send_length: int,
+        compress_by_default: bool = False,
+        cors_origins: list[str] | tuple[str, ...] = (),
+        is_draining: Any = None,
+    ) -> None:
+        self.mapping = {k: v for k, v in mapping.items() if v is not None}
+        self.dispatch = dispatch
+        self.chain = chain
+        self.codec = codec
+        self.mapper = JsonMapper()
+        self.max_receive_length = max_receive_length
+        self.max_send_length = max_send_length
+        self.compress_by_default = compress_by_default
+        self.cors_origins = frozenset(cors_origins)
+        self._is_draining = is_draining or (lambda: False)
+        #: calls in flight, for a drain-style stop
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.side_effect_free = {m for m, h in self.mapping.items() if _no_side_effects(m, h)}
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers = _headers(scope)
+        cors = self._cors_headers(headers)
+        if cors:
+            send = _with_headers(send, cors)
+        method = scope["method"]
+        path = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if method == "OPTIONS" and cors:
+            await _plain(send, 204, b"")
+            return
+        if method == "GET":
+            await self._get(scope, receive, send, path, headers)
+        elif method == "POST":
+            await self._post(scope, receive, send, path, headers)
+        else:
+            await _plain(send, 405, b"method not allowed", [(b"allow", b"GET, POST")])
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _post(
+        self, scope: Scope, receive: Any, send: Any, path: str, headers: dict[str, str]
+    ) -> None:
+        content_type = headers.get("content-type", "")
+        protocol = detect(content_type)
+        if protocol is None:
+            await _plain(send, 415, b"unsupported content-type", [(b"accept-post", _ACCEPT_POST)])
+            return
+        handler = self.mapping.get(path)
+        unary_method = handler is not None and handler.cardinality is Cardinality.UNARY_UNARY
+        if handler is not None and protocol.wire is Wire.CONNECT_UNARY and not unary_method:
+            await _plain(send, 415, b"streaming method: use application/connect+json or +proto")
+            return
+        if handler is not None and protocol.wire is Wire.CONNECT_STREAM and unary_method:
+            await _plain(send, 415, b"unary method: use application/json or application/proto")
+            return
+        reader = BodyReader(receive, base64_text=protocol.wire is Wire.GRPC_WEB_TEXT)
+        responder = self._responder(send, protocol, content_type, headers)
+        try:
+            if handler is None:
+                raise GRPCError(Status.UNIMPLEMENTED, f"Method not found: {path}")
+            if self._is_draining():
+                raise GRPCError(Status.UNAVAILABLE, "Server is shutting down")
+            timeout = _timeout(protocol, headers)
+            encoding = _request_encoding(protocol, headers)
+            if protocol.wire is Wire.CONNECT_UNARY:
+                body = await self._read_unary(reader, headers, encoding)
+                source = _once(body)
+            elif handler.cardinality.client_streaming:
+                source = self._envelopes(reader, encoding)
+            else:
+                # one request message: read it (bounded) before the call starts
+                body = await reader.read_all(self.max_receive_length + 5)
+                source = _once_enveloped(body, encoding, self.max_receive_length)
+        except GRPCError as exc:
+            await responder.end(exc.status, exc.message, exc.details, [])
+            return
+        except ClientGone:
+            return
+        await self._serve(
+            scope, path, handler, protocol, headers, timeout, source, responder, reader
+        )
+
+    async def _get(
+        self, scope: Scope, receive: Any, send: Any, path: str, headers: dict[str, str]
+    ) -> None:
+        # latin-1 both ways keeps percent-decoded binary (encoding=proto) byte for byte
+        query = parse_qs(
+            scope.get("query_string", b"").decode("latin-1"),
+            keep_blank_values=True,
+            encoding="latin-1",
+        )
+        codec = GET_ENCODINGS.get(_first(query, "encoding") or "")
+        handler = self.mapping.get(path)
+        responder = ConnectUnaryResponder(send, codec or "json", self.mapper)
+        try:
+            if codec is None:
+                raise GRPCError(Status.INVALID_ARGUMENT, "GET needs ?encoding=json or proto")
+            if handler is None:
+                raise GRPCError(Status.UNIMPLEMENTED, f"Method not found: {path}")
+            if path not in self.side_effect_free:
+                await _plain(
+                    send, 405, b"GET only for NO_SIDE_EFFECTS methods", [(b"allow", b"POST")]
+                )
+                return
+            if self._is_draining():
+                raise GRPCError(Status.UNAVAILABLE, "Server is shutting down")
+            raw = _first(query, "message", raw_bytes=True) or b""
+            if _first(query, "base64") == "1":
+                try:
+                    raw = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+                except (binascii.Error, ValueError):
+                    raise GRPCError(Status.INVALID_ARGUMENT, "message is not base64url") from None
+            compression = _first(query, "compression") or IDENTITY
+            if compression not in (GZIP, IDENTITY):
+                raise GRPCError(Status.UNIMPLEMENTED, f"Unsupported compression {compression!r}")
+            if len(raw) > self.max_receive_length:
+                raise too_large(len(raw), self.max_receive_length)
+            if compression == GZIP:
+                raw = decompress(raw, self.max_receive_length)
+            timeout = _timeout(Protocol(Wire.CONNECT_UNARY, codec), headers)
+        except GRPCError as exc:
+            await responder.end(exc.status, exc.message, exc.details, [])
+            return
+        protocol = Protocol(Wire.CONNECT_UNARY, codec)
+        await self._serve(
+            scope,
+            path,
+            handler,
+            protocol,
+            headers,
+            timeout,
+            _once(raw),
+            responder,
+            BodyReader(receive),
+        )
+
+    async def _read_unary(
+        self, reader: BodyReader, headers: dict[str, str], encoding: str
+    ) -> bytes:
+        limit = self.max_receive_length
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large(int(length), limit)  # refused before a byte of the body is read
+        body = await reader.read_all(limit)
+        if encoding == GZIP:
+            body = decompress(body, limit)
+        return body
+
+    def _envelopes(self, reader: BodyReader, encoding: str) -> Any:
+        limit = self.max_receive_length
+
+        async def source() -> bytes | None:
+            return await reader.read_envelope(limit, compressed_ok=encoding == GZIP)
+
+        return source
+
+    def _responder(
+        self, send: Any, protocol: Protocol, content_type: str, headers: dict[str, str]
+    ) -> Responder:
+        if protocol.wire is Wire.CONNECT_UNARY:
+            gzip_ok = _lists_gzip(headers.get("accept-encoding"))
+            return ConnectUnaryResponder(
+                send, protocol.codec, self.mapper, compress=gzip_ok and self.compress_by_default
+            )
+        if protocol.wire is Wire.CONNECT_STREAM:
+            gzip_ok = _lists_gzip(headers.get("connect-accept-encoding"))
+            return ConnectStreamResponder(
+                send, protocol.codec, self.mapper, compress=gzip_ok and self.compress_by_default
+            )
+        gzip_ok = _lists_gzip(headers.get("grpc-accept-encoding"))
+        base = content_type.split(";", 1)[0].strip().lower()
+        return GrpcWebResponder(
+            send,
+            base,
+            text=protocol.wire is Wire.GRPC_WEB_TEXT,
+            compress=gzip_ok and self.compress_by_default,
+        )
+
+    async def _serve(
+        self,
+        scope: Scope,
+        path: str,
+        handler: Handler,
+        protocol: Protocol,
+        headers: dict[str, str],
+        timeout_seconds: float | None,
+        source: Any,
+        responder: Responder,
+        reader: BodyReader,
+    ) -> None:
+        metadata = decode_metadata(
+            [
+                (k, v)
+                for k, v in headers.items()
+                if k not in RESERVED_HEADERS and not k.startswith(RESERVED_PREFIXES)
+            ]
+        )
+        call = new_call(
+            path, handler, metadata, scope.get("client"), timeout_seconds, protocol.label
+        )
+        stream = WebStream(
+            handler=handler,
+            codec_name=protocol.codec,
+            stack_codec=self.codec,
+            json_mapper=self.mapper,
+            dispatch=self.dispatch,
+            source=source,
+            responder=responder,
+            call=call,
+            max_send_length=self.max_send_length,
+        )
+        stream.user_agent = headers.get("user-agent")
+        task = asyncio.ensure_future(
+            run_call(
+                chain=self.chain,
+                dispatch=self.dispatch,
+                method_name=path,
+                handler=handler,
+                call=call,
+                stream=stream,
+                content_type=headers.get("content-type", ""),
+            )
+        )
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        watcher: asyncio.Task[None] | None = None
+        if not handler.cardinality.client_streaming or protocol.wire is Wire.CONNECT_UNARY:
+            # the body is read: a disconnect from now on cancels the call, as RST_STREAM does
+            watcher = asyncio.ensure_future(_cancel_on_disconnect(reader, task))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    # --- CORS -------------------------------------------------------------------------
+
+    def _cors_headers(self, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        origin = headers.get("origin")
+        if not origin or not self.cors_origins:
+            return []
+        if "*" not in self.cors_origins and origin not in self.cors_origins:
+            return []
+        return [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"Origin"),
+            (b"access-control-allow-methods", b"GET, POST"),
+            (
+                b"access-control-allow-headers",
+                headers.get("access-control-request-headers", "*").encode("latin-1"),
+            ),
+            (b"access-control-expose-headers", _EXPOSE),
+            (b"access-control-max-age", b"7200"),
+        ]
+
+
+_ACCEPT_POST = (
+    b"application/json, application/proto, application/connect+json, "
+    b"application/connect+proto, application/grpc-web, application/grpc-web+proto, "
+    b"application/grpc-web-text, application/grpc-web-text+proto"
+)
+_EXPOSE = b"grpc-status, grpc-message, grpc-status-details-bin, x-correlation-id, retry-after-ms"
+
+
+def _no_side_effects(method: str, handler: Handler) -> bool:
+    descriptor = getattr(handler.request_type, "DESCRIPTOR", None)
+    if descriptor is None:
+        return False
+    try:
+        found = descriptor.file.pool.FindMethodByName(method.strip("/").replace("/", "."))
+    except KeyError:
+        return False
+    level = found.GetOptions().idempotency_level
+    return bool(level == MethodOptions.NO_SIDE_EFFECTS)
+
+
+async def _cancel_on_disconnect(reader: BodyReader, task: asyncio.Task[None]) -> None:
+    try:
+        await reader.drain()
+    except ClientGone:
+        task.cancel()
+
+
+def _once(body: bytes) -> Any:
+    sent = False
+
+    async def source() -> bytes | None:
+        nonlocal sent
+        if sent:
+            return None
+        sent = True
+        return body
+
+    return source
+
+
+def _once_enveloped(body: bytes, encoding: str, limit: int) -> Any:
+    """A server-streaming (or unary over gRPC-Web) request: envelopes already in memory."""
+    state = {"pos": 0}
+
+    async def source() -> bytes | None:
+        pos = state["pos"]
+        if pos >= len(body):
+            return None
+        if len(body) - pos < 5:
+            raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix")
+        flags = body[pos]
+        length = int.from_bytes(body[pos + 1 : pos + 5], "big")
+        if length > limit:
+            raise too_large(length, limit)
+        data = body[pos + 5 : pos + 5 + length]
+        if len(data) != length:
+            raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
+        state["pos"] = pos + 5 + length
+        if flags & 0x01:
+            if encoding != GZIP:
+                raise GRPCError(Status.INTERNAL, "Compressed message without an encoding")
+            data = decompress(data, limit)
+        elif flags:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"Invalid envelope flags 0x{flags:02x}")
+        return data
+
+    return source
+
+
+def _timeout(protocol: Protocol, headers: dict[str, str]) -> float | None:
+    if protocol.wire in (Wire.CONNECT_UNARY, Wire.CONNECT_STREAM):
+        value = headers.get("connect-timeout-ms")
+        if value is None:
+            return None
+        if not value.isdigit() or len(value) > MAX_TIMEOUT_DIGITS:
+            raise GRPCError(Status.INVALID_ARGUMENT, "Invalid Connect-Timeout-Ms header")
+        return int(value) / 1000
+    value = headers.get("grpc-timeout")
+    if value is None:
+        return None
+    units = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+    digits, unit = value[:-1], value[-1:]
+    if not digits.isdigit() or len(digits) > 8 or unit not in units:
+        raise GRPCError(Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
+    return int(digits) * units[unit]
+
+
+def _request_encoding(protocol: Protocol, headers: dict[str, str]) -> str:
+    name = {
+        Wire.CONNECT_UNARY: "content-encoding",
+        Wire.CONNECT_STREAM: "connect-content-encoding",
+    }.get(protocol.wire, "grpc-encoding")
+    encoding = headers.get(name, IDENTITY).strip().lower() or IDENTITY
+    if encoding not in (GZIP, IDENTITY):
+        raise GRPCError(Status.UNIMPLEMENTED, f"Unsupported {name} {encoding!r}")
+    return encoding
+
+
+def _lists_gzip(value: str | None) -> bool:
+    return bool(value) and GZIP in (p.split(";")[0].strip() for p in value.split(","))  # type: ignore[union-attr]
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+def _first(query: dict[str, list[str]], key: str, raw_bytes: bool = False) -> Any:
+    values = query.get(key)
+    if not values:
+        return None
+    return values[0].encode("latin-1") if raw_bytes else values[0]
+
+
+async def _plain(
+    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+__all__ = ["WebApp", "envelope"]
