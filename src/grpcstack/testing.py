@@ -30,8 +30,10 @@ def bound_socket(host: str = "127.0.0.1") -> socket.socket:
 
 @asynccontextmanager
 async def serve(server: AsyncBaseServer, *, grace: float = 1.0) -> AsyncIterator[AsyncBaseServer]:
-    """Start ``server`` on 127.0.0.1 and an ephemeral port; always stop it."""
-    await server.start(sock=bound_socket())
+    """Start ``server`` on 127.0.0.1 and an ephemeral port (and its Connect / gRPC-Web listener
+    on another when GRPC_HTTP_PORT is set: ``server.http_port``); always stop it."""
+    http_sock = bound_socket() if server.settings.GRPC_HTTP_PORT is not None else None
+    await server.start(sock=bound_socket(), http_sock=http_sock)
     try:
         yield server
     finally:
