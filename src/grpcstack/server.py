@@ -245,6 +245,8 @@ class AsyncBaseServer:
         log.info(
             "%s serving %s on port %s", s.SERVICE_NAME, ", ".join(self._service_names), self.port
         )
+        if self.web is not None:
+            log.info("%s serving Connect and gRPC-Web on port %s", s.SERVICE_NAME, self.http_port)
         try:
             await self.after_start()
         except BaseException:
@@ -284,7 +286,6 @@ class AsyncBaseServer:
             s.GRPC_HTTP_HOST or s.GRPC_SERVER_HOST, s.GRPC_HTTP_PORT or 0, sock=http_sock
         )
         self.http_port = self.web.port
-        log.info("%s serving Connect and gRPC-Web on port %s", s.SERVICE_NAME, self.http_port)
 
     async def _abort_start(self) -> None:
         if self.web is not None:

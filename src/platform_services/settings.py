@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from grpcstack import ServerSettings
+from grpcstack.settings import Port
 
 
 class PlatformSettings(ServerSettings):
@@ -15,6 +16,9 @@ class PlatformSettings(ServerSettings):
     GRPC_SERVER_ENABLE_REFLECTION: bool = (
         True  # a development platform: grpcurl works out of the box
     )
+
+    # Connect / gRPC-Web: every service also answers curl, browsers and Connect clients here
+    GRPC_HTTP_PORT: Port | None = 8080
 
     # OCR
     OCR_DATA_ROOT: Path = Path("data/images")  # image paths in requests are relative to this
