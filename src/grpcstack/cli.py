@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--request-hex", help="the request as protobuf, hex (default: the OCR one)")
     http.add_argument("--request-json", help="the same request as proto3 JSON")
     http.add_argument("--rounds", type=int, default=5)
-    http.add_argument("--requests", type=int, default=5_000, help="requests per round")
+    http.add_argument("--requests", type=int, default=2_000, help="requests per round")
     http.add_argument("--in-flight", type=int, default=16)
     return parser
 

@@ -37,6 +37,9 @@ class WebListener:
         config.accesslog = None  # the middleware chain writes the access log
         config.errorlog = log
         config.keep_alive_timeout = self.keep_alive_seconds
+        # Hypercorn closes a connection after 1000 requests by default; an h2c client then sees
+        # its in-flight streams fail. Connections live as long as the gRPC side's do.
+        config.keep_alive_max_requests = 2**31 - 1
         config.include_server_header = False
         # the server drains calls itself before stopping us; this only lets responses flush
         config.graceful_timeout = 1.0
