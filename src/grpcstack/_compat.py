@@ -26,3 +26,8 @@ def server_dispatch(server: object) -> object:
 def server_mapping(server: object) -> dict[str, object]:
     """The method table of a grpclib Server: full method name -> Handler."""
     return server._mapping  # type: ignore[attr-defined,no-any-return]
+
+
+def server_codec(server: object) -> object:
+    """The message codec a grpclib Server was built with."""
+    return server._codec  # type: ignore[attr-defined]

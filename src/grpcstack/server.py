@@ -260,7 +260,7 @@ class AsyncBaseServer:
         if self._web_app is None:
             if self.grpc_server is None:
                 raise RuntimeError("start the server first")
-            from ._compat import server_dispatch, server_mapping
+            from ._compat import server_codec, server_dispatch, server_mapping
             from .web import WebApp
 
             s = self.settings
@@ -268,7 +268,7 @@ class AsyncBaseServer:
                 mapping=server_mapping(self.grpc_server),  # type: ignore[arg-type]
                 dispatch=server_dispatch(self.grpc_server),
                 chain=self.chain,
-                codec=self.grpc_server._codec,
+                codec=server_codec(self.grpc_server),  # type: ignore[arg-type]
                 max_receive_length=s.GRPC_MAX_MESSAGE_LENGTH,
                 max_send_length=s.GRPC_MAX_SEND_MESSAGE_LENGTH or s.GRPC_MAX_MESSAGE_LENGTH,
                 compress_by_default=s.GRPC_COMPRESSION == "gzip",

@@ -23,7 +23,7 @@ from grpclib.metadata import decode_metadata
 from ..compression import GZIP, IDENTITY
 from .call import Responder, WebStream, new_call, run_call
 from .connect import ConnectStreamResponder, ConnectUnaryResponder
-from .framing import BodyReader, ClientGone, decompress, envelope, too_large
+from .framing import BodyReader, ClientGone, decompress, too_large
 from .grpcweb import GrpcWebResponder
 from .jsonmap import JsonMapper
 from .protocol import (
@@ -476,4 +476,4 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-__all__ = ["WebApp", "envelope"]
+__all__ = ["WebApp"]
