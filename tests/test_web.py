@@ -345,3 +345,46 @@ async def test_stop_drains_http_calls_and_refuses_new_ones() -> None:
         done = await slow
         assert (done.status_code, done.json()) == (200, {"message": "slow"})
         await stopping
+
+
+async def test_refused_bodies_are_counted_like_grpc_errors() -> None:
+    """The body is read inside the call, after the chain's request hooks: an oversized or
+    malformed body is counted (and logged) like the same error over gRPC; a client gone in the
+    middle of its body is Canceled."""
+    async with web_server(GRPC_MAX_MESSAGE_LENGTH=1024) as server:
+        r = await post(server, ECHO, {"payload": base64.b64encode(b"x" * 4096).decode()}, JSON)
+        assert (r.status_code, r.json()["code"]) == (429, "resource_exhausted")
+        r = await post(server, ECHO, b"{]", JSON)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_argument")
+        assert handled(server, "Echo", "ResourceExhausted", "connect") == 1
+        assert handled(server, "Echo", "InvalidArgument", "connect") == 1
+        assert server.http_port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        writer.write(
+            f"POST {COLLECT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/connect+json\r\n"
+            "user-id: alice\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+            + b"a\r\n"
+            + envelope(b'{"a":1}')[:10]
+            + b"\r\n"
+        )
+        await writer.drain()
+        for _ in range(2000):  # the call has started: its request hooks ran
+            if server.metrics_registry.get_sample_value(
+                "grpc_server_in_flight",
+                {
+                    "grpc_service": "echo.v1.EchoService",
+                    "grpc_method": "Collect",
+                    "grpc_type": "client_stream",
+                    "protocol": "connect",
+                },
+            ):
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        await writer.wait_closed()
+        del reader
+        for _ in range(2000):
+            if handled(server, "Collect", "Canceled", "connect") == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert handled(server, "Collect", "Canceled", "connect") == 1

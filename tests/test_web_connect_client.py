@@ -152,3 +152,23 @@ async def test_get_for_side_effect_free_method(stubs: Any) -> None:
                 assert reply.message == "g"
                 assert meta.http_status == 200
         assert handled(server, "Echo", "OK", "connect") == 2
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_oversized_request_is_resource_exhausted(stubs: Any, mode: str) -> None:
+    import os
+
+    pb = sys.modules["connect_echo.echo_pb2"]
+    label = MODES[mode][0]
+    async with web_server(GRPC_MAX_MESSAGE_LENGTH=4096) as server, client(stubs, server, mode) as c:
+        with pytest.raises(ConnectError) as err:
+            await c.echo(pb.EchoRequest(payload=os.urandom(20_000)), headers=USER)
+        assert err.value.code is Code.RESOURCE_EXHAUSTED
+        assert "larger than max" in err.value.message
+        # and a compressible one is measured after inflating it (no decompression bomb)
+        with pytest.raises(ConnectError) as err:
+            await c.echo(pb.EchoRequest(payload=b"\0" * 1_000_000), headers=USER)
+        assert err.value.code is Code.RESOURCE_EXHAUSTED
+        reply = await c.echo(pb.EchoRequest(payload=b"ok"), headers=USER)
+        assert reply.payload_size == 2
+        assert handled(server, "Echo", "OK", label) == 1

@@ -132,19 +132,14 @@ class WebApp:
                 raise GRPCError(Status.UNAVAILABLE, "Server is shutting down")
             timeout = _timeout(protocol, headers)
             encoding = _request_encoding(protocol, headers)
+            # the body is read inside the call (after the chain's request hooks), as over gRPC:
+            # a refused oversized or malformed body is counted and logged like any other error
             if protocol.wire is Wire.CONNECT_UNARY:
-                body = await self._read_unary(reader, headers, encoding)
-                source = _once(body)
-            elif handler.cardinality.client_streaming:
-                source = self._envelopes(reader, encoding)
+                source = self._unary_source(reader, headers, encoding)
             else:
-                # one request message: read it (bounded) before the call starts
-                body = await reader.read_all(self.max_receive_length + 5)
-                source = _once_enveloped(body, encoding, self.max_receive_length)
+                source = self._envelopes(reader, encoding)
         except GRPCError as exc:
             await responder.end(exc.status, exc.message, exc.details, [])
-            return
-        except ClientGone:
             return
         await self._serve(
             scope, path, handler, protocol, headers, timeout, source, responder, reader
@@ -201,8 +196,20 @@ class WebApp:
             timeout,
             _once(raw),
             responder,
-            BodyReader(receive),
+            BodyReader(receive, complete=True),
         )
+
+    def _unary_source(self, reader: BodyReader, headers: dict[str, str], encoding: str) -> Any:
+        sent = False
+
+        async def source() -> bytes | None:
+            nonlocal sent
+            if sent:
+                return None
+            sent = True
+            return await self._read_unary(reader, headers, encoding)
+
+        return source
 
     async def _read_unary(
         self, reader: BodyReader, headers: dict[str, str], encoding: str
@@ -293,18 +300,15 @@ class WebApp:
         )
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
-        watcher: asyncio.Task[None] | None = None
-        if not handler.cardinality.client_streaming or protocol.wire is Wire.CONNECT_UNARY:
-            # the body is read: a disconnect from now on cancels the call, as RST_STREAM does
-            watcher = asyncio.ensure_future(_cancel_on_disconnect(reader, task))
+        # once the body is read, a disconnect cancels the call, as RST_STREAM does over gRPC
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(reader, task))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             task.cancel()
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
 
     # --- CORS -------------------------------------------------------------------------
 
@@ -349,6 +353,7 @@ def _no_side_effects(method: str, handler: Handler) -> bool:
 
 async def _cancel_on_disconnect(reader: BodyReader, task: asyncio.Task[None]) -> None:
     try:
+        await reader.done.wait()
         await reader.drain()
     except ClientGone:
         task.cancel()
@@ -363,35 +368,6 @@ def _once(body: bytes) -> Any:
             return None
         sent = True
         return body
-
-    return source
-
-
-def _once_enveloped(body: bytes, encoding: str, limit: int) -> Any:
-    """A server-streaming (or unary over gRPC-Web) request: envelopes already in memory."""
-    state = {"pos": 0}
-
-    async def source() -> bytes | None:
-        pos = state["pos"]
-        if pos >= len(body):
-            return None
-        if len(body) - pos < 5:
-            raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix")
-        flags = body[pos]
-        length = int.from_bytes(body[pos + 1 : pos + 5], "big")
-        if length > limit:
-            raise too_large(length, limit)
-        data = body[pos + 5 : pos + 5 + length]
-        if len(data) != length:
-            raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
-        state["pos"] = pos + 5 + length
-        if flags & 0x01:
-            if encoding != GZIP:
-                raise GRPCError(Status.INTERNAL, "Compressed message without an encoding")
-            data = decompress(data, limit)
-        elif flags:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"Invalid envelope flags 0x{flags:02x}")
-        return data
 
     return source
 

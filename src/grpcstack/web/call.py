@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, encode_metadata
 from multidict import MultiDict
 
@@ -248,6 +248,8 @@ async def run_call(
     except asyncio.CancelledError:
         call.peer_cancelled = True  # the HTTP client went away
         raise
+    except StreamTerminatedError:
+        call.peer_cancelled = True  # ... while its request body was still being read
     except Exception:
         log.exception("Application error in %s", method_name)
         if not stream.trailers_sent:

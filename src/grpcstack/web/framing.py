@@ -7,6 +7,7 @@ is read, and a chunked body as soon as it passes it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import struct
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..compression import Corrupt, TooLarge, gzip_decompress
 
@@ -26,8 +27,9 @@ FLAG_END_STREAM = 0x02  # Connect streaming: the end-of-stream message
 FLAG_TRAILERS = 0x80  # gRPC-Web: the trailers frame
 
 
-class ClientGone(Exception):
-    """The HTTP client disconnected before the request body ended."""
+class ClientGone(StreamTerminatedError):
+    """The HTTP client disconnected before the request body ended (a StreamTerminatedError, so
+    error handling passes it through and the call ends CANCELLED, as a reset gRPC stream)."""
 
 
 def too_large(size: int, limit: int) -> GRPCError:
@@ -48,10 +50,16 @@ def decompress(data: bytes, limit: int) -> bytes:
 class BodyReader:
     """The request body as it arrives, optionally base64 (gRPC-Web text)."""
 
-    def __init__(self, receive: Receive, *, base64_text: bool = False) -> None:
+    def __init__(
+        self, receive: Receive, *, base64_text: bool = False, complete: bool = False
+    ) -> None:
         self._receive = receive
         self._buf = bytearray()
-        self._more = True
+        self._more = not complete
+        #: set once the whole body arrived (or the client went away)
+        self.done = asyncio.Event()
+        if complete:
+            self.done.set()
         self._b64 = base64_text
         self._b64_rest = b""
 
@@ -62,9 +70,12 @@ class BodyReader:
         message = await self._receive()
         if message["type"] == "http.disconnect":
             self._more = False
+            self.done.set()
             raise ClientGone()
         chunk = message.get("body", b"")
         self._more = bool(message.get("more_body", False))
+        if not self._more:
+            self.done.set()
         if self._b64:
             chunk = self._b64_rest + chunk.replace(b"\r", b"").replace(b"\n", b"")
             cut = len(chunk) - len(chunk) % 4 if self._more else len(chunk)
