@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -45,6 +46,7 @@ log = logging.getLogger("grpcstack.web")
 
 Scope = dict[str, Any]
 MAX_TIMEOUT_DIGITS = 10  # Connect-Timeout-Ms: at most 10 digits
+DISCARD_SECONDS = 1.0  # how long an unread request body is drained after the answer
 
 
 class WebApp:
@@ -287,6 +289,10 @@ class WebApp:
             max_send_length=self.max_send_length,
         )
         stream.user_agent = headers.get("user-agent")
+        length = headers.get("content-length", "")
+        if not (length.isdigit() and int(length) > self.max_receive_length):
+            # (an announced oversized body is not worth reading: that connection just closes)
+            stream.finish_request = lambda: self._discard(reader)
         task = asyncio.ensure_future(
             run_call(
                 chain=self.chain,
@@ -309,6 +315,13 @@ class WebApp:
             raise
         finally:
             watcher.cancel()
+
+    async def _discard(self, reader: BodyReader) -> None:
+        """Answered before the body was read (e.g. refused by Auth): take the rest of it first."""
+        if not reader.done.is_set():
+            with contextlib.suppress(ClientGone, GRPCError, TimeoutError):
+                async with asyncio.timeout(DISCARD_SECONDS):
+                    await reader.discard(self.max_receive_length)
 
     # --- CORS -------------------------------------------------------------------------
 

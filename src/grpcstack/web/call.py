@@ -97,6 +97,9 @@ class WebStream:
         self.user_agent: str | None = None
         self.initial_sent = False
         self.trailers_sent = False
+        #: drops what is left of the request body before the final answer: an HTTP/1.1 server
+        #: cannot keep a connection whose request was not read, an h2 one resets the stream
+        self.finish_request: Callable[[], Awaitable[None]] | None = None
         self.messages_sent = 0
 
     # --- receiving --------------------------------------------------------------------
@@ -196,6 +199,8 @@ class WebStream:
             trailers = list(encode_metadata(md))
         except (TypeError, ValueError):
             trailers = []
+        if self.finish_request is not None:
+            await self.finish_request()
         await self._responder.end(status, status_message, status_details, trailers)
 
     async def cancel(self) -> None:

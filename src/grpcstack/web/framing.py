@@ -125,6 +125,15 @@ class BodyReader:
             data = decompress(data, limit)
         return data
 
+    async def discard(self, limit: int) -> None:
+        """Read and drop what is left of the body (at most ``limit`` bytes): a client still
+        sending gets a clean end of stream instead of a reset (HTTP/2 RST_STREAM(CANCEL))."""
+        dropped = 0
+        while self._more and dropped <= limit:
+            dropped += len(self._buf)
+            self._buf.clear()
+            await self._fill()
+
     async def drain(self) -> None:
         """Wait for the client to go away (after the body): raises ClientGone then."""
         while True:
