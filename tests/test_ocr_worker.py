@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from conftest import running, settings
 from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
 from prometheus_client import CollectorRegistry
 
 from gen.ocr.v1 import OcrResponse
+from grpcstack.middleware import Middleware
 from grpcstack.testing import bound_socket
 from platform_services.bench_fixtures import CANNED, CannedOcrServer
 from platform_services.ocr.worker import OcrFailed, OcrResult, OcrStage, WorkerSettings
@@ -93,21 +95,34 @@ async def test_unreachable_grpc_falls_back_to_http() -> None:
         closed.close()
 
 
-async def test_draining_grpc_server_falls_back_and_other_errors_do_not() -> None:
+class Unavailable(Middleware):
+    """A dependency of the gRPC side is down: every call is UNAVAILABLE."""
+
+    def on_request(self, event: Any, call: Any) -> None:
+        raise GRPCError(GrpcStatus.UNAVAILABLE, "dependency down, retry later")
+
+
+class UnavailableServer(CannedOcrServer):
+    def middlewares(self) -> list[Middleware]:
+        return [*super().middlewares(), Unavailable()]
+
+
+async def test_unavailable_grpc_falls_back_and_other_errors_do_not() -> None:
     async with running(CannedOcrServer(settings(GRPC_HTTP_PORT=0, GRPC_ENABLE_AUTH=True))) as srv:
-        other = CannedOcrServer(settings(GRPC_HTTP_PORT=0))
-        async with running(other):
+        down = UnavailableServer(settings())
+        async with running(down):
             registry = CollectorRegistry()
-            # gRPC to a server that is draining (UNAVAILABLE), HTTP to a healthy one
-            worker = stage(srv, registry, OCR_HTTP_URL=f"http://127.0.0.1:{other.http_port}")
-            assert srv.grpc_server is not None
-            srv.grpc_server.draining = True
+            # gRPC to a server answering UNAVAILABLE, HTTP to a healthy one
+            worker = stage(srv, registry, OCR_GRPC_PORT=down.port)
             try:
                 assert await worker.run("job-1", private_path="a.png") == EXPECTED
             finally:
-                srv.grpc_server.draining = False
                 await worker.close()
             assert count(registry, "ocr_worker_fallbacks_total", code="UNAVAILABLE") == 1
+            assert (
+                count(registry, "ocr_worker_calls_total", transport="grpc", outcome="UNAVAILABLE")
+                == 1
+            )
         # UNAUTHENTICATED is not retryable: no fallback, the code is reported
         registry = CollectorRegistry()
         worker = stage(srv, registry, OCR_USER_ID="")

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--rounds", type=int, default=5)
     http.add_argument("--requests", type=int, default=2_000, help="requests per round")
     http.add_argument("--in-flight", type=int, default=16)
+    flood = modes.add_parser(
+        "flood", help="health latency while another connection sends rapid resets"
+    )
+    flood.add_argument("--target", default="platform_services.echo:EchoServer")
+    flood.add_argument("--seconds", type=float, default=5.0, help="per phase")
+    flood.add_argument("--pairs", type=int, default=20_000, help="HEADERS+RST pairs a connection")
     return parser
 
 
@@ -158,6 +164,11 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_cache(args)
     if args.mode == "http":
         return _bench_http(args)
+    if args.mode == "flood":
+        from .bench import flood
+
+        print(flood.report(flood.run(args.target, args.seconds, args.pairs)))
+        return 0
     if args.mode == "codec":
         from .bench import codec
 
