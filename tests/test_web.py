@@ -388,3 +388,82 @@ async def test_refused_bodies_are_counted_like_grpc_errors() -> None:
                 break
             await asyncio.sleep(0.01)
         assert handled(server, "Collect", "Canceled", "connect") == 1
+
+
+async def test_response_compression_by_setting_and_by_handler() -> None:
+    """gzip only for clients that accept it: by GRPC_COMPRESSION=gzip, or per call by the
+    handler (set_response_compression), for unary, Connect streams and gRPC-Web."""
+    import zlib
+
+    async with web_server(GRPC_COMPRESSION="gzip") as server, httpx.AsyncClient() as client:
+        r = await client.post(
+            url(server, ECHO),
+            json={"message": "z" * 500},
+            headers={**USER, "accept-encoding": "gzip"},
+        )
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.json() == {"message": "z" * 500}  # httpx inflated it
+        r = await client.post(
+            url(server, ECHO),
+            json={"message": "z"},
+            headers={**USER, "accept-encoding": "identity"},
+        )
+        assert "content-encoding" not in r.headers
+        r = await client.post(
+            url(server, EXPAND),
+            content=envelope(json.dumps({"message": "s", "count": 2}).encode()),
+            headers={
+                **USER,
+                "content-type": "application/connect+json",
+                "connect-accept-encoding": "gzip",
+            },
+        )
+        assert r.headers["connect-content-encoding"] == "gzip"
+        frames = split_envelopes(r.content)
+        assert [f for f, _ in frames] == [1, 1, 2]  # compressed messages, plain end message
+        assert json.loads(zlib.decompress(frames[1][1], 16 + zlib.MAX_WBITS)) == {
+            "message": "s",
+            "index": 1,
+        }
+        r = await client.post(
+            url(server, ECHO),
+            content=envelope(bytes(EchoRequest(message="w"))),
+            headers={
+                **USER,
+                "content-type": "application/grpc-web+proto",
+                "grpc-accept-encoding": "gzip",
+            },
+        )
+        (flags, data), (trailer_flags, _) = split_envelopes(r.content)
+        assert (flags, trailer_flags) == (1, 0x80)
+        assert EchoResponse.parse(zlib.decompress(data, 16 + zlib.MAX_WBITS)).message == "w"
+
+
+async def test_handler_asks_for_compression() -> None:
+    from conftest import running, settings
+
+    from grpcstack.context import set_response_compression
+    from platform_services.echo import EchoServer
+
+    class Compressing(EchoServer):
+        def services(self) -> list[Any]:
+            services = super().services()
+            original = self.echo.echo
+
+            async def echo(message: EchoRequest) -> EchoResponse:
+                set_response_compression(message.message == "squeeze")
+                return await original(message)
+
+            self.echo.echo = echo  # type: ignore[method-assign]
+            return services
+
+    async with (
+        running(Compressing(settings(GRPC_HTTP_PORT=0))) as server,
+        httpx.AsyncClient() as client,
+    ):
+        for text, expected in (("squeeze", "gzip"), ("plain", None)):
+            r = await client.post(
+                url(server, ECHO), json={"message": text}, headers={"accept-encoding": "gzip"}
+            )
+            assert r.headers.get("content-encoding") == expected
+            assert r.json() == {"message": text}

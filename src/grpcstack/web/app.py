@@ -159,6 +159,8 @@ class WebApp:
         codec = GET_ENCODINGS.get(_first(query, "encoding") or "")
         handler = self.mapping.get(path)
         responder = ConnectUnaryResponder(send, codec or "json", self.mapper)
+        responder.gzip_ok = _lists_gzip(headers.get("accept-encoding"))
+        responder.compress_default = self.compress_by_default
         try:
             if codec is None:
                 raise GRPCError(Status.INVALID_ARGUMENT, "GET needs ?encoding=json or proto")
@@ -236,24 +238,20 @@ class WebApp:
     def _responder(
         self, send: Any, protocol: Protocol, content_type: str, headers: dict[str, str]
     ) -> Responder:
+        responder: Responder
         if protocol.wire is Wire.CONNECT_UNARY:
-            gzip_ok = _lists_gzip(headers.get("accept-encoding"))
-            return ConnectUnaryResponder(
-                send, protocol.codec, self.mapper, compress=gzip_ok and self.compress_by_default
-            )
-        if protocol.wire is Wire.CONNECT_STREAM:
-            gzip_ok = _lists_gzip(headers.get("connect-accept-encoding"))
-            return ConnectStreamResponder(
-                send, protocol.codec, self.mapper, compress=gzip_ok and self.compress_by_default
-            )
-        gzip_ok = _lists_gzip(headers.get("grpc-accept-encoding"))
-        base = content_type.split(";", 1)[0].strip().lower()
-        return GrpcWebResponder(
-            send,
-            base,
-            text=protocol.wire is Wire.GRPC_WEB_TEXT,
-            compress=gzip_ok and self.compress_by_default,
-        )
+            responder = ConnectUnaryResponder(send, protocol.codec, self.mapper)
+            accept = headers.get("accept-encoding")
+        elif protocol.wire is Wire.CONNECT_STREAM:
+            responder = ConnectStreamResponder(send, protocol.codec, self.mapper)
+            accept = headers.get("connect-accept-encoding")
+        else:
+            base = content_type.split(";", 1)[0].strip().lower()
+            responder = GrpcWebResponder(send, base, text=protocol.wire is Wire.GRPC_WEB_TEXT)
+            accept = headers.get("grpc-accept-encoding")
+        responder.gzip_ok = _lists_gzip(accept)
+        responder.compress_default = self.compress_by_default
+        return responder
 
     async def _serve(
         self,
@@ -277,6 +275,7 @@ class WebApp:
         call = new_call(
             path, handler, metadata, scope.get("client"), timeout_seconds, protocol.label
         )
+        responder.call = call
         stream = WebStream(
             handler=handler,
             codec_name=protocol.codec,

@@ -39,7 +39,21 @@ Source = Callable[[], Awaitable[bytes | None]]
 
 
 class Responder:
-    """The HTTP side of a call: how headers, messages and the final status are written."""
+    """The HTTP side of a call: how headers, messages and the final status are written.
+
+    ``gzip_ok``: the client accepts gzip; then a message is compressed when the call asks for it
+    (``grpcstack.context.set_response_compression``) or, by default, with GRPC_COMPRESSION=gzip.
+    """
+
+    gzip_ok = False
+    compress_default = False
+    call: CallContext | None = None
+
+    def compress_now(self) -> bool:
+        if not self.gzip_ok:
+            return False
+        wanted = self.call.compress_response if self.call is not None else None
+        return self.compress_default if wanted is None else wanted
 
     async def headers(self, metadata: Headers) -> None:
         raise NotImplementedError

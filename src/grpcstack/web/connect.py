@@ -63,13 +63,10 @@ def _encode_headers(pairs: Headers, prefix: str = "") -> list[tuple[bytes, bytes
 class ConnectUnaryResponder(Responder):
     """Buffers the one response; writes status, headers and body once the call ended."""
 
-    def __init__(
-        self, send: Send, codec: str, mapper: JsonMapper, *, compress: bool = False
-    ) -> None:
+    def __init__(self, send: Send, codec: str, mapper: JsonMapper) -> None:
         self._send = send
         self._content_type = f"application/{codec}"
         self._mapper = mapper
-        self._compress = compress
         self._initial: Headers = []
         self._body: bytes | None = None
         self.http_status = 0
@@ -92,7 +89,7 @@ class ConnectUnaryResponder(Responder):
             body = json.dumps(error_json(status, message, details, self._mapper)).encode()
             content_type = "application/json"
             self.http_status = HTTP_STATUS.get(status, 500)
-        if self._compress and len(body) > 0:
+        if body and self.compress_now():
             body = gzip_compress(body)
             headers.append((b"content-encoding", b"gzip"))
         headers += [
@@ -106,26 +103,23 @@ class ConnectUnaryResponder(Responder):
 
 
 class ConnectStreamResponder(Responder):
-    def __init__(
-        self, send: Send, codec: str, mapper: JsonMapper, *, compress: bool = False
-    ) -> None:
+    def __init__(self, send: Send, codec: str, mapper: JsonMapper) -> None:
         self._send = send
         self._content_type = f"application/connect+{codec}".encode()
         self._mapper = mapper
-        self._compress = compress
         self._started = False
         self.http_status = 200
 
     async def headers(self, metadata: Headers) -> None:
         headers = [*_encode_headers(metadata), (b"content-type", self._content_type)]
-        if self._compress:
+        if self.gzip_ok:  # each envelope's flag says whether it is compressed
             headers.append((b"connect-content-encoding", b"gzip"))
         self._started = True
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def message(self, data: bytes) -> None:
         flags = 0
-        if self._compress:
+        if self.compress_now():
             data, flags = gzip_compress(data), FLAG_COMPRESSED
         await self._send(
             {"type": "http.response.body", "body": envelope(flags, data), "more_body": True}

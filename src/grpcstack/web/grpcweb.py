@@ -24,13 +24,10 @@ _DETAILS_CODEC = ProtoStatusDetailsCodec()
 
 
 class GrpcWebResponder(Responder):
-    def __init__(
-        self, send: Send, content_type: str, *, text: bool, compress: bool = False
-    ) -> None:
+    def __init__(self, send: Send, content_type: str, *, text: bool) -> None:
         self._send = send
         self._content_type = content_type.encode()
         self._text = text
-        self._compress = compress
         self._started = False
         self.http_status = 200
 
@@ -45,14 +42,14 @@ class GrpcWebResponder(Responder):
             (b"content-type", self._content_type),
             (b"grpc-accept-encoding", b"gzip,identity"),
         ]
-        if self._compress:
+        if self.gzip_ok:  # each message's flag says whether it is compressed
             headers.append((b"grpc-encoding", b"gzip"))
         self._started = True
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def message(self, data: bytes) -> None:
         flags = 0
-        if self._compress:
+        if self.compress_now():
             data, flags = gzip_compress(data), FLAG_COMPRESSED
         await self._body(envelope(flags, data), True)
 
