@@ -467,3 +467,42 @@ async def test_handler_asks_for_compression() -> None:
             )
             assert r.headers.get("content-encoding") == expected
             assert r.json() == {"message": text}
+
+
+async def test_curl_json_errors_and_get() -> None:
+    """curl itself (HTTP/1.1), for the error paths the README does not show."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+
+    async def curl(*argv: str) -> tuple[int, dict[str, Any]]:
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "-w", "\n%{http_code}", *argv, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        body, _, code = out.decode().rpartition("\n")
+        return int(code), json.loads(body)
+
+    async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=3) as server:
+        target = url(server, ECHO)
+        json_headers = ["-H", "content-type: application/json", "-H", "user-id: alice"]
+        assert await curl(*json_headers, "-d", '{"count": "x"}', target) == (
+            400,
+            {
+                "code": "invalid_argument",
+                "message": "Could not parse the request message: Failed to parse count field: "
+                "invalid literal for int() with base 10: 'x'.",
+            },
+        )
+        code, error = await curl("-H", "content-type: application/json", "-d", "{}", target)
+        assert (code, error["code"]) == (401, "unauthenticated")
+        code, error = await curl(
+            *json_headers, "-H", "connect-timeout-ms: 50", "-d", '{"sleepSeconds": 10}', target
+        )
+        assert (code, error["code"]) == (504, "deadline_exceeded")
+        query = "?connect=v1&encoding=json&message=%7B%22message%22%3A%22g%22%7D"
+        assert await curl("-H", "user-id: alice", target + query) == (200, {"message": "g"})
+        code, error = await curl("-H", "user-id: alice", target + query)
+        assert (code, error["code"]) == (429, "resource_exhausted")
+        assert error["details"][0]["type"] == "google.rpc.RetryInfo"
