@@ -57,7 +57,10 @@ async def test_connect_json_unary_ok_with_metadata_and_metrics(
         assert handled(server, "Echo", "OK", "connect") == 2
         assert handled(server, "Echo", "OK", "grpc") == 0
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "grpcstack.access"]
-    assert [(x["grpc.code"], x["user_id"]) for x in lines] == [("OK", "alice"), ("OK", "alice")]
+    assert [(x["grpc.code"], x["user_id"], x["protocol"]) for x in lines] == [
+        ("OK", "alice", "connect"),
+        ("OK", "alice", "connect"),
+    ]
 
 
 async def test_connect_proto_unary_and_gzip_request() -> None:
