@@ -22,6 +22,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import decode_metadata
 
 from ..compression import GZIP, IDENTITY
+from .asgi import lifespan, plain, with_headers
 from .call import Responder, WebStream, new_call, run_call
 from .connect import ConnectStreamResponder, ConnectUnaryResponder
 from .framing import BodyReader, ClientGone, decompress, too_large
@@ -35,6 +36,7 @@ from .protocol import (
     Wire,
     detect,
 )
+from .request import first, header_map, lists_gzip, request_encoding, timeout_seconds
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("grpcstack.web")
 
 Scope = dict[str, Any]
-MAX_TIMEOUT_DIGITS = 10  # Connect-Timeout-Ms: at most 10 digits
 DISCARD_SECONDS = 1.0  # how long an unread request body is drained after the answer
 
 
@@ -84,28 +85,28 @@ class WebApp:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        headers = _headers(scope)
+        headers = header_map(scope)
         cors = self._cors_headers(headers)
         if cors:
-            send = _with_headers(send, cors)
+            send = with_headers(send, cors)
         method = scope["method"]
         path = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
             path = path[len(root) :]
         if method == "OPTIONS" and cors:
-            await _plain(send, 204, b"")
+            await plain(send, 204, b"")
             return
         if method == "GET":
             await self._get(scope, receive, send, path, headers)
         elif method == "POST":
             await self._post(scope, receive, send, path, headers)
         else:
-            await _plain(send, 405, b"method not allowed", [(b"allow", b"GET, POST")])
+            await plain(send, 405, b"method not allowed", [(b"allow", b"GET, POST")])
 
     # --- requests -------------------------------------------------------------------------
 
@@ -115,15 +116,15 @@ class WebApp:
         content_type = headers.get("content-type", "")
         protocol = detect(content_type)
         if protocol is None:
-            await _plain(send, 415, b"unsupported content-type", [(b"accept-post", _ACCEPT_POST)])
+            await plain(send, 415, b"unsupported content-type", [(b"accept-post", _ACCEPT_POST)])
             return
         handler = self.mapping.get(path)
         unary_method = handler is not None and handler.cardinality is Cardinality.UNARY_UNARY
         if handler is not None and protocol.wire is Wire.CONNECT_UNARY and not unary_method:
-            await _plain(send, 415, b"streaming method: use application/connect+json or +proto")
+            await plain(send, 415, b"streaming method: use application/connect+json or +proto")
             return
         if handler is not None and protocol.wire is Wire.CONNECT_STREAM and unary_method:
-            await _plain(send, 415, b"unary method: use application/json or application/proto")
+            await plain(send, 415, b"unary method: use application/json or application/proto")
             return
         reader = BodyReader(receive, base64_text=protocol.wire is Wire.GRPC_WEB_TEXT)
         responder = self._responder(send, protocol, content_type, headers)
@@ -132,8 +133,8 @@ class WebApp:
                 raise GRPCError(Status.UNIMPLEMENTED, f"Method not found: {path}")
             if self._is_draining():
                 raise GRPCError(Status.UNAVAILABLE, "Server is shutting down")
-            timeout = _timeout(protocol, headers)
-            encoding = _request_encoding(protocol, headers)
+            timeout = timeout_seconds(protocol, headers)
+            encoding = request_encoding(protocol, headers)
             # the body is read inside the call (after the chain's request hooks), as over gRPC:
             # a refused oversized or malformed body is counted and logged like any other error
             if protocol.wire is Wire.CONNECT_UNARY:
@@ -156,10 +157,10 @@ class WebApp:
             keep_blank_values=True,
             encoding="latin-1",
         )
-        codec = GET_ENCODINGS.get(_first(query, "encoding") or "")
+        codec = GET_ENCODINGS.get(first(query, "encoding") or "")
         handler = self.mapping.get(path)
         responder = ConnectUnaryResponder(send, codec or "json", self.mapper)
-        responder.gzip_ok = _lists_gzip(headers.get("accept-encoding"))
+        responder.gzip_ok = lists_gzip(headers.get("accept-encoding"))
         responder.compress_default = self.compress_by_default
         try:
             if codec is None:
@@ -167,26 +168,26 @@ class WebApp:
             if handler is None:
                 raise GRPCError(Status.UNIMPLEMENTED, f"Method not found: {path}")
             if path not in self.side_effect_free:
-                await _plain(
+                await plain(
                     send, 405, b"GET only for NO_SIDE_EFFECTS methods", [(b"allow", b"POST")]
                 )
                 return
             if self._is_draining():
                 raise GRPCError(Status.UNAVAILABLE, "Server is shutting down")
-            raw = _first(query, "message", raw_bytes=True) or b""
-            if _first(query, "base64") == "1":
+            raw = first(query, "message", raw_bytes=True) or b""
+            if first(query, "base64") == "1":
                 try:
                     raw = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
                 except (binascii.Error, ValueError):
                     raise GRPCError(Status.INVALID_ARGUMENT, "message is not base64url") from None
-            compression = _first(query, "compression") or IDENTITY
+            compression = first(query, "compression") or IDENTITY
             if compression not in (GZIP, IDENTITY):
                 raise GRPCError(Status.UNIMPLEMENTED, f"Unsupported compression {compression!r}")
             if len(raw) > self.max_receive_length:
                 raise too_large(len(raw), self.max_receive_length)
             if compression == GZIP:
                 raw = decompress(raw, self.max_receive_length)
-            timeout = _timeout(Protocol(Wire.CONNECT_UNARY, codec), headers)
+            timeout = timeout_seconds(Protocol(Wire.CONNECT_UNARY, codec), headers)
         except GRPCError as exc:
             await responder.end(exc.status, exc.message, exc.details, [])
             return
@@ -249,7 +250,7 @@ class WebApp:
             base = content_type.split(";", 1)[0].strip().lower()
             responder = GrpcWebResponder(send, base, text=protocol.wire is Wire.GRPC_WEB_TEXT)
             accept = headers.get("grpc-accept-encoding")
-        responder.gzip_ok = _lists_gzip(accept)
+        responder.gzip_ok = lists_gzip(accept)
         responder.compress_default = self.compress_by_default
         return responder
 
@@ -382,86 +383,6 @@ def _once(body: bytes) -> Any:
         return body
 
     return source
-
-
-def _timeout(protocol: Protocol, headers: dict[str, str]) -> float | None:
-    if protocol.wire in (Wire.CONNECT_UNARY, Wire.CONNECT_STREAM):
-        value = headers.get("connect-timeout-ms")
-        if value is None:
-            return None
-        if not value.isdigit() or len(value) > MAX_TIMEOUT_DIGITS:
-            raise GRPCError(Status.INVALID_ARGUMENT, "Invalid Connect-Timeout-Ms header")
-        return int(value) / 1000
-    value = headers.get("grpc-timeout")
-    if value is None:
-        return None
-    units = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-    digits, unit = value[:-1], value[-1:]
-    if not digits.isdigit() or len(digits) > 8 or unit not in units:
-        raise GRPCError(Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
-    return int(digits) * units[unit]
-
-
-def _request_encoding(protocol: Protocol, headers: dict[str, str]) -> str:
-    name = {
-        Wire.CONNECT_UNARY: "content-encoding",
-        Wire.CONNECT_STREAM: "connect-content-encoding",
-    }.get(protocol.wire, "grpc-encoding")
-    encoding = headers.get(name, IDENTITY).strip().lower() or IDENTITY
-    if encoding not in (GZIP, IDENTITY):
-        raise GRPCError(Status.UNIMPLEMENTED, f"Unsupported {name} {encoding!r}")
-    return encoding
-
-
-def _lists_gzip(value: str | None) -> bool:
-    return bool(value) and GZIP in (p.split(";")[0].strip() for p in value.split(","))  # type: ignore[union-attr]
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
-
-
-def _first(query: dict[str, list[str]], key: str, raw_bytes: bool = False) -> Any:
-    values = query.get(key)
-    if not values:
-        return None
-    return values[0].encode("latin-1") if raw_bytes else values[0]
-
-
-async def _plain(
-    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return wrapped
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 __all__ = ["WebApp"]
