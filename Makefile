@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-workers bench-client
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood bench-http interop-server bench-workers bench-client
 
 setup: $(STAMP)
 
@@ -39,7 +39,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec bench-flood bench-workers bench-client
+bench: bench-middleware bench-cache bench-codec bench-flood bench-workers bench-client bench-http
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67
@@ -54,6 +54,11 @@ bench-codec: $(STAMP)
 # health p99 on one connection while another floods rapid resets (the 100 ms target)
 bench-flood: $(STAMP)
 	$(BIN)/grpcstack bench flood
+
+# ExtractText (canned 50-box result) over gRPC, Connect JSON (HTTP/1.1, h2c) and seed 001's FastAPI
+bench-http: $(STAMP)
+	$(BIN)/grpcstack bench http --request-hex $(OCR_REQUEST) \
+		--request-json '{"private_image_path": "scan.png"}'
 
 bench-cache: $(STAMP)
 	$(BIN)/grpcstack bench cache

@@ -425,3 +425,11 @@ async def wait_for_stream_slot(protocol: ClientProtocol) -> None:
     else:
         connection.stream_close_waiter.clear()
         await connection.stream_close_waiter.wait()
+
+
+# --- web side (grpcstack.web: Connect and gRPC-Web over the same handlers) ----------------------
+
+
+def server_dispatch(server: object) -> object:
+    """grpclib's event dispatcher of a Server (where the middleware chain listens)."""
+    return server.__dispatch__  # type: ignore[attr-defined]

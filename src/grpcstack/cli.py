@@ -174,6 +174,20 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
     cache.add_argument("--rounds", type=int, default=3)
+    http = modes.add_parser(
+        "http", help="one unary call over gRPC, Connect JSON (h1, h2c) and FastAPI (seed 001)"
+    )
+    http.add_argument(
+        "--target",
+        default="platform_services.bench_fixtures:CannedOcrServer",
+        help="package.module:ServerClass to serve (default: the canned OCR server)",
+    )
+    http.add_argument("--method", default="/ocr.v1.OCRService/ExtractText")
+    http.add_argument("--request-hex", help="the request as protobuf, hex (default: the OCR one)")
+    http.add_argument("--request-json", help="the same request as proto3 JSON")
+    http.add_argument("--rounds", type=int, default=5)
+    http.add_argument("--requests", type=int, default=2_000, help="requests per round")
+    http.add_argument("--in-flight", type=int, default=16)
     flood = modes.add_parser(
         "flood", help="health latency while another connection sends rapid resets"
     )
@@ -261,6 +275,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_cache(args)
     if args.mode == "workers":
         return _bench_workers(args)
+    if args.mode == "http":
+        return _bench_http(args)
     if args.mode == "flood":
         from .bench import flood
 
@@ -351,6 +367,32 @@ def _bench_client(args: argparse.Namespace) -> int:
         print(f"grpcstack bench: {exc}", file=sys.stderr)
         return 1
     print(client.report(result))
+    return 0
+
+
+def _bench_http(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from .bench import http
+
+    opts = http.Options(
+        target=args.target,
+        method=args.method,
+        rounds=args.rounds,
+        requests=args.requests,
+        in_flight=args.in_flight,
+    )
+    if args.request_hex is not None:
+        opts.request = bytes.fromhex(args.request_hex)
+    if args.request_json is not None:
+        opts.request_json = json.loads(args.request_json)
+    try:
+        result = http.run(opts)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"grpcstack bench: {exc}", file=sys.stderr)
+        return 1
+    print(http.report(result))
     return 0
 
 

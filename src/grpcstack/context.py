@@ -58,6 +58,7 @@ class CallContext:
         "msg_sent",
         "peer",
         "peer_cancelled",
+        "protocol",
         "request_compressed",
         "response_initial_metadata",
         "response_trailing_metadata",
@@ -105,6 +106,8 @@ class CallContext:
         #: metric children counting messages (set by the metrics middleware)
         self.msg_received: Any = None
         self.msg_sent: Any = None
+        #: the wire protocol: "grpc", or "connect" / "grpc-web" on the HTTP listener
+        self.protocol = "grpc"
         #: free-form per-call state for custom middleware
         self.extra: dict[str, Any] = {}
         #: metadata the handler adds to its response (add_initial/trailing_metadata)

@@ -10,7 +10,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from grpclib.config import Configuration
 from grpclib.const import Status
@@ -40,6 +40,9 @@ from .reflection import reflection_services, service_names
 from .resources import Resources
 from .settings import ServerSettings
 from .transport import ConnectionPolicy, GrpcServer
+
+if TYPE_CHECKING:
+    from .web import WebApp, WebListener
 
 log = logging.getLogger("grpcstack.server")
 
@@ -80,6 +83,10 @@ class AsyncBaseServer:
         self._stopped: asyncio.Event | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._service_names: list[str] = []
+        #: the Connect / gRPC-Web listener (GRPC_HTTP_PORT) and its bound port
+        self.web: WebListener | None = None
+        self.http_port: int | None = None
+        self._web_app: WebApp | None = None
 
     # --- what subclasses provide ------------------------------------------------------------
 
@@ -110,7 +117,14 @@ class AsyncBaseServer:
         s = self.settings
         chain: list[Middleware] = []
         if s.GRPC_ENABLE_METRICS:
-            chain.append(MetricsMiddleware(self.metrics_registry, buckets=s.GRPC_METRICS_BUCKETS))
+            chain.append(
+                MetricsMiddleware(
+                    self.metrics_registry,
+                    buckets=s.GRPC_METRICS_BUCKETS,
+                    # a "protocol" label (grpc, connect, grpc-web) only when HTTP is served
+                    protocol_label=s.GRPC_HTTP_PORT is not None,
+                )
+            )
         if s.GRPC_TRACING == "on" or (s.GRPC_TRACING == "auto" and trace_exporter_configured()):
             chain.extend(self._tracing())
         if s.GRPC_MAX_CONCURRENT_RPCS:
@@ -182,11 +196,15 @@ class AsyncBaseServer:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, *, sock: socket.socket | None = None) -> None:
+    async def start(
+        self, *, sock: socket.socket | None = None, http_sock: socket.socket | None = None
+    ) -> None:
         """Open resources, run before_start, bind and serve, run after_start.
 
         ``sock`` is an already bound socket (create it with ``IPPROTO_TCP`` or asyncio skips
         TCP_NODELAY); otherwise GRPC_SERVER_HOST:GRPC_SERVER_PORT is bound (port 0 = any).
+        ``http_sock`` likewise for the Connect / gRPC-Web listener, which runs when it is given
+        or GRPC_HTTP_PORT is set.
         """
         if self.grpc_server is not None:
             raise RuntimeError("server already started")
@@ -245,6 +263,8 @@ class AsyncBaseServer:
                     reuse_port=s.GRPC_SERVER_REUSE_PORT or None,
                 )
             self.port = self.grpc_server.listening_sockets[0].getsockname()[1]
+            if http_sock is not None or s.GRPC_HTTP_PORT is not None:
+                await self._start_web(http_sock)
         except BaseException:
             await self._abort_start()
             raise
@@ -252,6 +272,8 @@ class AsyncBaseServer:
         log.info(
             "%s serving %s on port %s", s.SERVICE_NAME, ", ".join(self._service_names), self.port
         )
+        if self.web is not None:
+            log.info("%s serving Connect and gRPC-Web on port %s", s.SERVICE_NAME, self.http_port)
         try:
             await self.after_start()
         except BaseException:
@@ -259,7 +281,43 @@ class AsyncBaseServer:
             await self.stop(0)
             raise
 
+    def web_app(self) -> WebApp:
+        """The ASGI application serving this (started) server's services over Connect and
+        gRPC-Web, through the same middleware chain; mount it in Starlette/FastAPI if wanted."""
+        if self._web_app is None:
+            if self.grpc_server is None:
+                raise RuntimeError("start the server first")
+            from ._compat import server_dispatch
+            from .web import WebApp
+
+            s = self.settings
+            self._web_app = WebApp(
+                mapping=self.grpc_server.mapping,
+                dispatch=server_dispatch(self.grpc_server),
+                chain=self.chain,
+                codec=self.grpc_server.codec,
+                max_receive_length=s.GRPC_MAX_MESSAGE_LENGTH,
+                max_send_length=s.GRPC_MAX_SEND_MESSAGE_LENGTH or s.GRPC_MAX_MESSAGE_LENGTH,
+                compress_by_default=s.GRPC_COMPRESSION == "gzip",
+                cors_origins=s.GRPC_HTTP_CORS_ORIGINS,
+                is_draining=lambda: self.grpc_server is None or self.grpc_server.draining,
+            )
+        return self._web_app
+
+    async def _start_web(self, http_sock: socket.socket | None) -> None:
+        from .web import WebListener
+
+        s = self.settings
+        self.web = WebListener(self.web_app())
+        await self.web.start(
+            s.GRPC_HTTP_HOST or s.GRPC_SERVER_HOST, s.GRPC_HTTP_PORT or 0, sock=http_sock
+        )
+        self.http_port = self.web.port
+
     async def _abort_start(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
         if self.grpc_server is not None and self.grpc_server.asyncio_server is not None:
             self.grpc_server.close()
             self.grpc_server.goaway_all()
@@ -300,7 +358,10 @@ class AsyncBaseServer:
             # every connection is closed at a moment no call can be lost (transport.connection);
             # calls already accepted, and calls arriving before the final GOAWAY, are served
             server.drain_all()
+            web = self._web_app  # its new calls get UNAVAILABLE from now on (draining)
             pending = {t for t in server.inflight if not t.done()}
+            if web is not None:
+                pending |= {t for t in web.inflight if not t.done()}
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=grace)
             if pending:
@@ -309,11 +370,17 @@ class AsyncBaseServer:
                 )
                 server.stopping = True
                 server.cancel_inflight()
+                if web is not None:
+                    for task in web.inflight:
+                        task.cancel()
                 await asyncio.wait(pending, timeout=1.0)
             if any(p.open for p in list(server.protocols)):
                 await asyncio.sleep(GOAWAY_LINGER_SECONDS)
                 server.goaway_all()
             server.close()
+            if self.web is not None:
+                await self.web.stop()
+                self.web = None
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                     await server.wait_closed()

@@ -218,6 +218,11 @@ class ServerSettings(BaseSettings):
     GRPC_WORKERS: Annotated[int, Field(ge=0)] = 1  # processes on one port; 0 = one per CPU
     GRPC_TRACING: Literal["auto", "on", "off"] = "auto"  # auto: on when an OTEL_* exporter is set
 
+    # Connect / gRPC-Web listener (grpcstack.web): the same services over HTTP/1.1 and h2c
+    GRPC_HTTP_PORT: Port | None = None  # unset = off; 0 = any free port
+    GRPC_HTTP_HOST: str | None = None  # default: GRPC_SERVER_HOST
+    GRPC_HTTP_CORS_ORIGINS: list[str] = Field(default_factory=list)  # browser origins, or ["*"]
+
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:
         if (self.GRPC_TLS_CERT_FILE is None) != (self.GRPC_TLS_KEY_FILE is None):

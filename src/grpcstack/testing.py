@@ -91,7 +91,8 @@ async def serve(
     grace: float = 1.0,
     **overrides: Any,
 ) -> AsyncIterator[S]:
-    """Start a server on 127.0.0.1 and an ephemeral port; always stop it.
+    """Start a server on 127.0.0.1 and an ephemeral port (and its Connect / gRPC-Web listener on
+    another when GRPC_HTTP_PORT is set: ``server.http_port``); always stop it.
 
     ``serve(MyServer, GRPC_ENABLE_AUTH=False)``: hermetic settings (``make_settings``) of
     ``MyServer.settings_class`` with these overrides; ``settings=`` passes them explicitly.
@@ -110,7 +111,8 @@ async def serve(
                 "an instance is served with the settings it was built with"
             )
         instance = server
-    await instance.start(sock=bound_socket())
+    http_sock = bound_socket() if instance.settings.GRPC_HTTP_PORT is not None else None
+    await instance.start(sock=bound_socket(), http_sock=http_sock)
     try:
         yield instance
     finally:

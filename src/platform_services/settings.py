@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr
 
 from grpcstack import ServerSettings
-from grpcstack.settings import ClientSettings
+from grpcstack.settings import ClientSettings, Port
 
 
 class PlatformSettings(ServerSettings):
@@ -49,6 +49,8 @@ class PlatformSettings(ServerSettings):
     LLM_API_KEY: SecretStr | None = None
     LLM_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 120.0
     LLM_MAX_INPUT_CHARS: Annotated[int, Field(gt=0)] = 100_000
+    # Connect / gRPC-Web: every service also answers curl, browsers and Connect clients here
+    GRPC_HTTP_PORT: Port | None = 8080
 
     # OCR
     OCR_ENGINE: Literal["rapidocr", "tesseract"] = "rapidocr"

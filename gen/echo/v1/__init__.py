@@ -82,6 +82,9 @@ class EchoServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "EchoResponse":
+        """
+        side-effect-free: Connect clients may call it with GET (cacheable by HTTP caches)
+        """
 
         return await self._unary_unary(
             "/echo.v1.EchoService/Echo",
@@ -152,12 +155,15 @@ class EchoServiceStub(betterproto2_grpclib.ServiceStub):
 
 
 ECHO_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\necho.proto\x12\x07echo.v1"\x99\x01\n\x0bEchoRequest\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12#\n\rsleep_seconds\x18\x02 \x01(\x01R\x0csleepSeconds\x12\x18\n\x07payload\x18\x03 \x01(\x0cR\x07payload\x12\x14\n\x05count\x18\x04 \x01(\x05R\x05count\x12\x1b\n\tfail_with\x18\x05 \x01(\tR\x08failWith"a\n\x0cEchoResponse\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12\x14\n\x05index\x18\x02 \x01(\x05R\x05index\x12!\n\x0cpayload_size\x18\x03 \x01(\x05R\x0bpayloadSize2\xee\x01\n\x0bEchoService\x123\n\x04Echo\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse\x128\n\x07Collect\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse(\x01\x127\n\x06Expand\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse0\x01\x127\n\x04Chat\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse(\x010\x01b\x06proto3'
+    b'\n\necho.proto\x12\x07echo.v1"\x99\x01\n\x0bEchoRequest\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12#\n\rsleep_seconds\x18\x02 \x01(\x01R\x0csleepSeconds\x12\x18\n\x07payload\x18\x03 \x01(\x0cR\x07payload\x12\x14\n\x05count\x18\x04 \x01(\x05R\x05count\x12\x1b\n\tfail_with\x18\x05 \x01(\tR\x08failWith"a\n\x0cEchoResponse\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12\x14\n\x05index\x18\x02 \x01(\x05R\x05index\x12!\n\x0cpayload_size\x18\x03 \x01(\x05R\x0bpayloadSize2\xf3\x01\n\x0bEchoService\x128\n\x04Echo\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse"\x03\x90\x02\x01\x128\n\x07Collect\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse(\x01\x127\n\x06Expand\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse0\x01\x127\n\x04Chat\x12\x14.echo.v1.EchoRequest\x1a\x15.echo.v1.EchoResponse(\x010\x01b\x06proto3'
 )
 
 
 class EchoServiceBase(betterproto2_grpclib.ServiceBase):
     async def echo(self, message: "EchoRequest") -> "EchoResponse":
+        """
+        side-effect-free: Connect clients may call it with GET (cacheable by HTTP caches)
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 

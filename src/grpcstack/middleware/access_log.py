@@ -114,6 +114,12 @@ class AccessLogMiddleware(Middleware):
             f'"grpc.time_ms":{(call.duration or 0.0) * 1000:.3f},'
             f'"peer.address":{_q(call.peer_address)},"user_id":{_q(call.user_id)},'
             f'"correlation_id":{_q(call.correlation_id)},'
-            f'"error":{_q(type(exc).__name__ if exc is not None else None)}}}'
+            f'"error":{_q(type(exc).__name__ if exc is not None else None)}'
+            f"{_protocol_field(call)}}}"
         )
         logger.handle(record)
+
+
+def _protocol_field(call: CallContext) -> str:
+    """Calls over the HTTP listener (grpcstack.web) say which protocol they came by."""
+    return "" if call.protocol == "grpc" else f',"protocol":{_q(call.protocol)}'

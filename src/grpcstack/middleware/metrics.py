@@ -63,6 +63,8 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2
 _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 #: ``call.extra`` key of the exemplar labels ({"trace_id": ..., "span_id": ...}) of a call
 EXEMPLAR_KEY = "exemplar"
+#: the protocols of grpcstack.web, labelled when the server also serves HTTP
+PROTOCOLS = ("grpc", "connect", "grpc-web")
 
 
 class MessageCounter:
@@ -108,32 +110,33 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = list(self.m.methods.values())
+        names = self.m.label_names  # the module's labels, plus "protocol" when HTTP is served
         started = CounterMetricFamily(
-            "grpc_server_started", "Total number of RPCs started on the server.", labels=_LABELS
+            "grpc_server_started", "Total number of RPCs started on the server.", labels=names
         )
         handled = CounterMetricFamily(
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",
-            labels=[*_LABELS, "grpc_code"],
+            labels=[*names, "grpc_code"],
         )
         received = CounterMetricFamily(
             "grpc_server_msg_received",
             "Total number of RPC stream messages received on the server.",
-            labels=_LABELS,
+            labels=names,
         )
         sent = CounterMetricFamily(
             "grpc_server_msg_sent",
             "Total number of gRPC stream messages sent by the server.",
-            labels=_LABELS,
+            labels=names,
         )
         in_flight = GaugeMetricFamily(
-            "grpc_server_in_flight", "Number of RPCs being handled by the server.", labels=_LABELS
+            "grpc_server_in_flight", "Number of RPCs being handled by the server.", labels=names
         )
         latency = HistogramMetricFamily(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level "
             "handled by the server.",
-            labels=_LABELS,
+            labels=names,
         )
         bounds = [*(repr(float(b)) for b in self.m.buckets), "+Inf"]
         for s in stats:
@@ -162,10 +165,14 @@ class MetricsMiddleware(Middleware):
         registry: CollectorRegistry,
         *,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        protocol_label: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.registry = registry
+        #: label every series with the call's protocol (grpc, connect, grpc-web)
+        self.protocol_label = protocol_label
+        self.label_names = [*_LABELS, "protocol"] if protocol_label else list(_LABELS)
         self.buckets = sorted(float(b) for b in buckets if b != float("inf"))
         self.methods: dict[str, _MethodStats] = {}
         registry.register(_Collector(self))
@@ -175,23 +182,33 @@ class MetricsMiddleware(Middleware):
         for method, handler in mapping.items():
             if handler is not None and self.applies_to(method):
                 _, service, name = method.split("/", 2)
-                self._add(method, [GRPC_TYPES[handler.cardinality], service, name])
+                labels = [GRPC_TYPES[handler.cardinality], service, name]
+                if not self.protocol_label:
+                    self._add(method, labels)
+                    continue
+                for protocol in PROTOCOLS:
+                    self._add(_key(method, protocol), [*labels, protocol])
 
     def _add(self, method: str, labels: list[str]) -> _MethodStats:
         stats = self.methods[method] = _MethodStats(labels, len(self.buckets))
         return stats
 
     def on_request(self, event: RecvRequest, call: CallContext) -> None:
-        s = self.methods.get(call.method)
+        key = call.method if call.protocol == "grpc" else _key(call.method, call.protocol)
+        s = self.methods.get(key)
         if s is None:
-            s = self._add(call.method, [call.grpc_type, call.service, call.method_name])
+            labels = [call.grpc_type, call.service, call.method_name]
+            if self.protocol_label:
+                labels.append(call.protocol)
+            s = self._add(key, labels)
         s.started += 1
         s.in_flight += 1
         call.msg_received = s.received
         call.msg_sent = s.sent
 
     def on_done(self, call: CallContext) -> None:
-        s = self.methods[call.method]
+        key = call.method if call.protocol == "grpc" else _key(call.method, call.protocol)
+        s = self.methods[key]
         s.in_flight -= 1
         assert call.status is not None
         s.handled[call.status.value] += 1
@@ -203,3 +220,7 @@ class MetricsMiddleware(Middleware):
             if s.exemplars is None:
                 s.exemplars = [None] * len(s.buckets)
             s.exemplars[i] = Exemplar(labels, duration, time.time())
+
+
+def _key(method: str, protocol: str) -> str:
+    return method if protocol == "grpc" else f"{method} {protocol}"

@@ -1,0 +1,195 @@
+"""Independent non-Python clients against the HTTP listener: Connect-ES (@connectrpc/connect-web's
+gRPC-Web transport on fetch, @connectrpc/connect-node's Connect transport over HTTP/1.1 and h2c)
+and ``buf curl`` (Connect, gRPC-Web, and gRPC on the gRPC port) with ``--schema protos``.
+The npm packages are installed once into .cache/node-connect (skipped without node/npm)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+from web_helpers import handled, web_server
+
+NODE_DIR = ROOT / ".cache" / "node-connect"
+PACKAGES = [
+    "@connectrpc/connect@2.3.0",
+    "@connectrpc/connect-web@2.3.0",
+    "@connectrpc/connect-node@2.3.0",
+    "@bufbuild/protobuf@2",
+    "@bufbuild/buf@1",
+]
+
+
+def node_modules() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    marker = NODE_DIR / ".ready"
+    if not (marker.exists() and marker.read_text() == " ".join(PACKAGES)):
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(NODE_DIR),
+                *PACKAGES,
+            ],
+            check=True,
+            timeout=600,
+        )
+        marker.write_text(" ".join(PACKAGES))
+    return NODE_DIR / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("fds") / "echo.binpb"
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            "--include_imports",
+            f"--descriptor_set_out={out}",
+            "echo.proto",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_connect_es_clients(descriptor_set: Path) -> None:
+    modules = await asyncio.to_thread(node_modules)
+    async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=1000) as server:
+        code, out, err = await run(
+            "node",
+            str(ROOT / "tests" / "node_web_client.js"),
+            str(descriptor_set),
+            str(server.http_port),
+            env={"NODE_PATH": str(modules), "PATH": "/usr/bin:/bin"},
+        )
+        assert code == 0, err
+        results: dict[str, dict[str, Any]] = json.loads(out)
+        assert len(results) == 3
+        for name, cases in results.items():
+            assert "crashed" not in cases, (name, cases)
+            for case, outcome in cases.items():
+                ok = outcome is True or (isinstance(outcome, dict) and outcome.get("ok"))
+                assert ok, (name, case, outcome)
+        assert handled(server, "Echo", "OK", "grpc-web") >= 1
+        assert handled(server, "Expand", "OK", "grpc-web") == 1
+        assert handled(server, "Expand", "OK", "connect") == 2
+        assert handled(server, "Echo", "Unauthenticated", "grpc-web") == 1
+        # the client gives up at the same moment the server's deadline fires: either code
+        assert (
+            sum(
+                handled(server, "Echo", code, "connect")
+                for code in ("DeadlineExceeded", "Canceled")
+            )
+            == 2
+        )
+
+
+async def test_connect_es_rate_limit_retry_info(descriptor_set: Path) -> None:
+    modules = await asyncio.to_thread(node_modules)
+    async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=1) as server:
+        code, out, err = await run(
+            "node",
+            str(ROOT / "tests" / "node_web_client.js"),
+            str(descriptor_set),
+            str(server.http_port),
+            "ratelimit",
+            env={"NODE_PATH": str(modules), "PATH": "/usr/bin:/bin"},
+        )
+        assert code == 0, err
+        for name, cases in json.loads(out).items():
+            limited = cases["rate_limited"]
+            assert limited["ok"], (name, limited)
+            assert "rate limit of 1 requests" in limited["message"]
+            assert {"type": "google.rpc.RetryInfo", "size": limited["details"][0]["size"]} in (
+                limited["details"]
+            )
+            assert limited["details"][0]["size"] > 0
+
+
+def buf(modules: Path) -> str:
+    path = modules / ".bin" / "buf"
+    if not path.exists():
+        pytest.skip("buf is not installed")
+    return str(path)
+
+
+@pytest.mark.parametrize("protocol", ["connect", "grpcweb", "grpc"])
+async def test_buf_curl(protocol: str) -> None:
+    modules = await asyncio.to_thread(node_modules)
+    async with web_server() as server:
+        port = server.port if protocol == "grpc" else server.http_port
+        extra = ["--http2-prior-knowledge"] if protocol == "grpc" else []
+        base = [
+            buf(modules),
+            "curl",
+            "--schema",
+            str(ROOT / "protos"),
+            "--protocol",
+            protocol,
+            *extra,
+            "-H",
+            "user-id: alice",
+        ]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(NODE_DIR),
+            "BUF_CACHE_DIR": str(NODE_DIR / "buf-cache"),
+        }
+        code, out, err = await run(
+            *base,
+            "-d",
+            '{"message": "buf", "payload": "AAEC"}',
+            f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo",
+            env=env,
+        )
+        assert code == 0, err
+        assert json.loads(out) == {"message": "buf", "payloadSize": 3}
+        code, out, err = await run(
+            *base,
+            "-d",
+            '{"message": "s", "count": 2}',
+            f"http://127.0.0.1:{port}/echo.v1.EchoService/Expand",
+            env=env,
+        )
+        assert code == 0, err
+        assert out.count('"message": "s"') == 2
+        # errors: buf curl prints the Connect error JSON and exits non-zero
+        code, out, err = await run(
+            *base,
+            "-d",
+            '{"failWith": "ValueError"}',
+            f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo",
+            env=env,
+        )
+        assert code != 0
+        assert '"code": "invalid_argument"' in err + out
+        assert "failing as asked with ValueError" in err + out
+        label = {"connect": "connect", "grpcweb": "grpc-web", "grpc": "grpc"}[protocol]
+        assert handled(server, "Echo", "OK", label) == 1
+        assert handled(server, "Expand", "OK", label) == 1
+        assert handled(server, "Echo", "InvalidArgument", label) == 1
