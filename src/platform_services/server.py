@@ -37,7 +37,7 @@ class PlatformServer(AsyncBaseServer):
 
     embedded_mongo: EmbeddedMongo | None = None
 
-    async def start(self, *, sock: Any = None) -> None:
+    async def start(self, *, sock: Any = None, http_sock: Any = None) -> None:
         s = self.settings
         if s.DUCKDB_PATH != ":memory:":
             Path(s.DUCKDB_PATH).parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ class PlatformServer(AsyncBaseServer):
         finally:
             await probe
         try:
-            await super().start(sock=sock)
+            await super().start(sock=sock, http_sock=http_sock)
         except BaseException:
             await self._stop_embedded()
             self._close_ocr()

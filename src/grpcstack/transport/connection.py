@@ -455,7 +455,7 @@ class StackProtocol(asyncio.Protocol):
             self._idle_while_draining()
         elif self.rides_goaway:
             self.send_goaway(NO_ERROR, reason, final=False)
-            self._probe()
+            self._send_drain_ping()
 
     def _idle_while_draining(self) -> None:
         if self.rides_goaway:
@@ -469,6 +469,9 @@ class StackProtocol(asyncio.Protocol):
     def _probe(self) -> None:
         if self._drain_state != -1 or not self.open or self.processor.streams:
             return
+        self._send_drain_ping()
+
+    def _send_drain_ping(self) -> None:
         self._drain_state = 1
         self.connection.flush()
         self._proxy.write(PingFrame(0, opaque_data=_DRAIN_PING).serialize())
@@ -504,6 +507,7 @@ class StackProtocol(asyncio.Protocol):
         if not self.open:
             return
         self.send_goaway(NO_ERROR, reason, final=True)
+        self._proxy.linger = True
         self._proxy.close()
         self._shutdown("Connection closed by the server")
 

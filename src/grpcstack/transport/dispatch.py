@@ -209,7 +209,10 @@ async def handle_request(
                 call.peer_cancelled = True  # the connection was lost
                 raise
             except TimeoutError:
-                if wrapper.cancelled or wrapper.cancel_failed:
+                # DeadlineWrapper.start raises at entry, before marking itself cancelled, when
+                # the deadline passed after our own check above: that is DEADLINE_EXCEEDED too
+                passed = deadline is not None and deadline.time_remaining() <= 0
+                if wrapper.cancelled or wrapper.cancel_failed or passed:
                     raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded") from None
                 log.exception("Application error in %s", method_name)
                 raise
