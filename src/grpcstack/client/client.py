@@ -171,6 +171,10 @@ class Client:
         self._specs: dict[tuple[str, Cardinality], MethodSpec] = {}
         self._stub_classes: dict[type, type] = {}
         self._pool: Pool | None = None
+        #: calls begun and not finished; a closing client waits for them (aclose)
+        self.inflight = 0
+        self.closing = False
+        self._idle: asyncio.Event | None = None
 
     # --- connections --------------------------------------------------------------------
 
@@ -216,10 +220,29 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose(self.settings.GRPC_CLIENT_CLOSE_GRACE_SECONDS)
+
+    def call_ended(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Refuse new calls (UNAVAILABLE), let running ones finish within ``grace`` seconds,
+        then close every connection."""
+        self.closing = True
+        if self.inflight:
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
         self.close()
 
     def close(self) -> None:
-        """Close every connection (calls still running on them fail with UNAVAILABLE)."""
+        """Close every connection now (calls still running on them fail with UNAVAILABLE)."""
+        self.closing = True
         if self._pool is not None:
             self._pool.close()
 
