@@ -145,8 +145,8 @@ async def _run(port: int, opts: Options) -> dict[str, Any]:
     try:
         expected = await clients["grpclib"][0]()
         for name in CLIENTS:  # warm up every client (connections, caches)
-            await _sequential(clients[name][0], 300, expected)
-            await _throughput(clients[name][0], 100, 1000, expected)
+            await _sequential(clients[name][0], min(300, opts.sequential), expected)
+            await _throughput(clients[name][0], 100, min(1000, opts.requests), expected)
         rounds: list[dict[str, Any]] = []
         for _ in range(opts.rounds):
             row: dict[str, Any] = {}
