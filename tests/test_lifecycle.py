@@ -79,14 +79,15 @@ async def test_graceful_stop_lets_inflight_call_finish() -> None:
         call = asyncio.create_task(stub.echo(EchoRequest(message="slow", sleep_seconds=0.5)))
         await server.echo.started.wait()
         stop = asyncio.create_task(server.stop(5))
-        await asyncio.sleep(0.1)
-        # a new call during the drain is refused at once
-        with pytest.raises(GRPCError) as refused:
-            await stub.echo(EchoRequest(message="late"))
-        assert refused.value.status is Status.UNAVAILABLE
+        async with asyncio.timeout(5):
+            while server.grpc_server is None or not server.grpc_server.draining:
+                await asyncio.sleep(0.01)
+        # a busy connection gets its GOAWAY when it next falls idle (grpclib's client ends
+        # in-flight calls on any GOAWAY), so a call sent on it now is still served, not refused
+        assert (await stub.echo(EchoRequest(message="late"))).message == "late"
         assert (await call).message == "slow"
         await stop
-    assert server.echo.finished == 1
+    assert server.echo.finished == 2
 
 
 async def test_stop_whose_grace_expires_answers_unavailable() -> None:
