@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from ..codec import StackCodec
 from ..compression import ACCEPT_ENCODING, GZIP
-from ..context import CORRELATION_ID_KEY, current_call
 from ..settings import ClientSettings
 from .call import ClientCall, RpcError
 from .channel import Endpoint, Pool, client_ssl_context
 from .config import HedgingPolicy, MethodConfig, resolve
 from .metrics import ClientMetrics
 from .middleware import ClientCallInfo, ClientMiddleware, Hooks
+from .propagation import inherit
 from .retry import RetryPolicy, RetryThrottle
 
 StubT = TypeVar("StubT")
@@ -296,17 +296,13 @@ class Client:
         headers = list(self._static_metadata)
         if metadata:
             headers += encode_metadata(metadata)
-        served = current_call()
-        if served is not None:
-            if s.GRPC_CLIENT_PROPAGATE_DEADLINE and served.deadline is not None:
-                d = loop_now + served.deadline.time_remaining()
-                end = d if end is None else min(end, d)
-            if (
-                s.GRPC_CLIENT_PROPAGATE_CORRELATION_ID
-                and served.correlation_id is not None
-                and not any(k == CORRELATION_ID_KEY for k, _ in headers)
-            ):
-                headers.append((CORRELATION_ID_KEY, served.correlation_id))
+        end = inherit(
+            headers,
+            end,
+            loop_now,
+            deadline=s.GRPC_CLIENT_PROPAGATE_DEADLINE,
+            correlation_id=s.GRPC_CLIENT_PROPAGATE_CORRELATION_ID,
+        )
         info = ClientCallInfo(spec.method, spec.cardinality, headers)  # type: ignore[arg-type]
         info.deadline = end
         return ClientCall(self, spec, info, headers)
