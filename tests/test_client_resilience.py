@@ -397,3 +397,60 @@ async def test_a_response_over_the_limit_is_not_retried() -> None:
         assert err.value.status is Status.RESOURCE_EXHAUSTED
         assert calls.done[0].attempts == 1
         assert server.echo.finished == 1
+
+
+def _rebind(port: int) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+async def test_no_call_fails_across_a_graceful_restart_on_the_same_port() -> None:
+    """The server drains (GOAWAY, in-flight calls finish) and a new one binds the same port while
+    calls keep flowing: none fails."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    quiet = {"GRPC_ENABLE_RATE_LIMITING": False, "GRPC_ENABLE_LOGGING": False}
+    first = EchoServer(settings(**quiet))
+    await first.start(sock=sock)
+    servers = [first]
+    calls = Calls()
+    replies: list[str] = []
+    try:
+        async with Client(
+            f"127.0.0.1:{port}",
+            settings=client_settings(GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS=0),
+            methods=policy(
+                max_attempts=5,
+                initial_backoff=0.05,
+                max_backoff=0.5,
+                wait_for_ready=True,
+                timeout=60,
+            ),
+            middlewares=[calls],
+        ) as client:
+            stub = client.stub(EchoServiceStub)
+
+            async def restart() -> None:
+                while len(replies) < 20:  # restart while calls are flowing
+                    await asyncio.sleep(0.001)
+                await first.stop(1.0)
+                second = EchoServer(settings(**quiet))
+                await second.start(sock=_rebind(port))
+                servers.append(second)
+
+            restarter = asyncio.ensure_future(restart())
+            for i in range(100_000):  # bounded; ends once the new server answered 20 calls
+                replies.append((await stub.echo(EchoRequest(message=str(i)))).message)
+                if restarter.done() and len(servers) == 2 and servers[1].echo.finished >= 20:
+                    break
+            await restarter
+        assert all(c.status is Status.OK for c in calls.done)
+        assert replies == [str(i) for i in range(len(replies))]
+    finally:
+        for server in servers:
+            if server.grpc_server is not None and server.serving:
+                await server.stop(0)

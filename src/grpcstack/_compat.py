@@ -309,10 +309,49 @@ class ClientHeaderEncoder(_HpackEncoder):
         return b"".join(parts)
 
 
+class BatchingTransport:
+    """Transport proxy: requests opened while other calls are in flight are written together once
+    per loop iteration (one send for many calls); everything else is written at once, after any
+    batched bytes, so frames keep their order."""
+
+    __slots__ = ("_buffer", "_loop", "_transport")
+
+    def __init__(self, transport: _Any, loop: _asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._buffer: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if self._buffer:
+            self._buffer.append(data)
+        else:
+            self._transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        if not self._buffer:
+            self._loop.call_soon(self.flush)
+        self._buffer.append(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> _Any:  # is_closing, get_extra_info, abort ...
+        return getattr(self._transport, name)
+
+
 class ClientProtocol(_H2Protocol):
     def connection_made(self, transport: _asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.processor = ClientEventsProcessor(self.handler, self.connection)
+        self.connection._transport = BatchingTransport(transport, _asyncio.get_running_loop())
         h2 = self.connection._connection
         h2.encoder = ClientHeaderEncoder()  # no headers were encoded yet on this connection
         receive_goaway = h2._frame_dispatch_table[_GoAwayFrame]
@@ -401,7 +440,11 @@ def open_stream(
         h2.send_data(stream_id, data, end_stream=end)
         stream.data_sent += len(data)
         connection.data_sent += len(data)
-    connection._transport.write(h2.data_to_send())
+    out = connection._transport
+    if len(protocol.processor.streams) > 1 and isinstance(out, BatchingTransport):
+        out.write_soon(h2.data_to_send())  # other calls in flight: batch with their requests
+    else:
+        out.write(h2.data_to_send())
     connection.headers_send_process()
     if data is not None and not fits:
         stream._grpcstack_pending = data  # type: ignore[attr-defined]
