@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec interop-server
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec
+bench: bench-middleware bench-cache bench-codec bench-flood
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67
@@ -48,6 +48,10 @@ bench-codec: $(STAMP)
 		--fixture platform_services.bench_fixtures:small_message \
 		--rpc-target platform_services.bench_fixtures:CannedOcrServer \
 		--rpc-method /ocr.v1.OCRService/ExtractText --rpc-request-hex $(OCR_REQUEST)
+
+# health p99 on one connection while another floods rapid resets (the 100 ms target)
+bench-flood: $(STAMP)
+	$(BIN)/grpcstack bench flood
 
 bench-cache: $(STAMP)
 	$(BIN)/grpcstack bench cache

@@ -1,4 +1,4 @@
-"""The grpclib internals grpcstack replaces (grpcstack/transport.py) are still where we hook them.
+"""The grpclib internals grpcstack replaces (grpcstack/_compat.py) are still where we hook them.
 
 If a grpclib upgrade breaks one of these, this file fails first and says which hook moved.
 """
@@ -24,7 +24,8 @@ from platform_services.echo import EchoServer
 
 def test_grpclib_version_is_the_pinned_one() -> None:
     assert grpclib.__version__ == _compat.GRPCLIB_VERSION, (
-        "grpclib changed: re-check grpcstack/transport.py against the new request_handler, "
+        "grpclib changed: re-check grpcstack/_compat.py and grpcstack/transport/ against the "
+        "new request_handler, "
         "Handler, H2Protocol and Stream, then update GRPCLIB_VERSION and the pin"
     )
 
@@ -94,7 +95,7 @@ async def test_one_write_per_unary_response() -> None:
     async with running(server), channel(server) as ch:
         stub = EchoServiceStub(ch)
         await stub.echo(EchoRequest(message="warm up"))
-        (protocol,) = list(server.grpc_server._protocols)
+        (protocol,) = list(server.grpc_server.protocols)
         counter = CountingTransport(protocol._proxy._transport)
         protocol._proxy._transport = counter
         for i in range(20):

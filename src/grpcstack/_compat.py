@@ -1,16 +1,201 @@
-"""Every access grpcstack makes to a private part of grpclib or h2 lives in this module.
+"""Every access grpcstack makes to a private part of grpclib, h2 or hpack lives in this module.
 
 grpclib 0.4.9 (pinned in pyproject.toml) lacks what a production server and client need, so the
 stack replaces a few of its private pieces. Keeping every such access here means a grpclib or h2
-upgrade is checked in one place; ``tests/test_transport.py`` fails loudly when one moves.
+upgrade is checked in one place; ``tests/test_transport.py`` fails loudly when one moves. The rest
+of the stack sees these pieces only through the public names defined below.
 
 Sections: server side (protocol, handler, stream), client side (channel, protocol, stream).
 """
 
 from __future__ import annotations
 
+import collections
+from typing import Any
+
+import grpclib.protocol
+import grpclib.server
+from h2.connection import H2Connection
+from h2.settings import SettingCodes
+from hpack import Decoder, Encoder
+from hpack.hpack import INDEX_NEVER
+
 GRPCLIB_VERSION = "0.4.9"
 
 # --- server side --------------------------------------------------------------------------
+
+set_nodelay = grpclib.protocol._set_nodelay
+
+
+class StackEncoder(Encoder):
+    """HPACK encoder that sends per-call unique values (correlation ids) as plain never-indexed
+    literals: Huffman-coding a fresh 32-character id costs ~8 us in pure Python and adding it to
+    the dynamic table only evicts entries that do repeat."""
+
+    UNIQUE = frozenset({b"x-correlation-id"})
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        name, value = to_add
+        if name in self.UNIQUE:
+            return self._encode_literal(name, value, INDEX_NEVER, False)  # type: ignore[no-any-return]
+        return super().add(to_add, sensitive, huffman)  # type: ignore[no-any-return]
+
+
+class CappedDecoder(Decoder):
+    """HPACK decoder with a fixed hard cap on a header list. h2 lowers the decoder's limit to the
+    advertised SETTINGS_MAX_HEADER_LIST_SIZE once acked, which makes every oversized request a
+    connection error; we keep the cap above it and refuse oversized requests per stream."""
+
+    def __init__(self, hard_cap: int) -> None:
+        self._hard_cap = hard_cap
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def max_header_list_size(self) -> int:
+        return self._hard_cap
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        pass  # h2 sets it from our own SETTINGS: the hard cap stays
+
+
+def lift_inbound_stream_limit(h2_conn: H2Connection) -> None:
+    """h2 turns the stream after MAX_CONCURRENT_STREAMS into a connection error (every call on the
+    connection lost). The advertised value stays; the transport refuses excess streams itself with
+    RST_STREAM(REFUSED_STREAM), which clients retry (RFC 9113 5.1.2)."""
+    h2_conn.local_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque(
+        [2**31 - 1]
+    )
+
+
+def h2_of(connection: grpclib.protocol.Connection) -> H2Connection:
+    return connection._connection  # type: ignore[no-any-return]
+
+
+def drop_buffered(stream: grpclib.protocol.Stream) -> None:
+    """Release the bytes a reset or abandoned stream still holds (acked and not yet read)."""
+    buffer = stream.buffer
+    buffer._acked.clear()
+    buffer._acked_size = 0
+    while not buffer._unacked.empty():
+        buffer._unacked.get_nowait()
+
+
+def buffered_bytes(stream: grpclib.protocol.Stream) -> int:
+    """Bytes of a stream's request body already received and not yet read."""
+    buffer = stream.buffer
+    queued = buffer._unacked._queue  # asyncio.Queue's deque
+    return buffer._acked_size + sum(item.data_size for item in queued)  # type: ignore[no-any-return]
+
+
+class ServerStreamBase(grpclib.server.Stream):  # type: ignore[type-arg]
+    """grpclib's server Stream with its private state under public names for our subclass."""
+
+    @property
+    def h2_stream(self) -> grpclib.protocol.Stream:
+        return self._stream  # type: ignore[no-any-return]
+
+    @property
+    def method_name(self) -> str:
+        return self._method_name  # type: ignore[no-any-return]
+
+    @property
+    def server_streaming(self) -> bool:
+        return self._cardinality.server_streaming  # type: ignore[no-any-return]
+
+    @property
+    def recv_type(self) -> type:
+        return self._recv_type  # type: ignore[no-any-return]
+
+    @property
+    def send_type(self) -> type:
+        return self._send_type  # type: ignore[no-any-return]
+
+    @property
+    def codec(self) -> Any:
+        return self._codec
+
+    @property
+    def events(self) -> Any:
+        return self._dispatch
+
+    @property
+    def content_type(self) -> str:
+        return self._content_type  # type: ignore[no-any-return]
+
+    @property
+    def initial_metadata_sent(self) -> bool:
+        return self._send_initial_metadata_done  # type: ignore[no-any-return]
+
+    @property
+    def message_sent(self) -> bool:
+        return self._send_message_done  # type: ignore[no-any-return]
+
+    def note_initial_metadata_sent(self) -> None:
+        self._send_initial_metadata_done = True
+
+    def note_message_received(self) -> None:
+        self._messages_received += 1
+
+    def note_message_sent(self) -> None:
+        self._send_message_done = True
+        self._messages_sent += 1
+
+
+class ServerHandlerBase(grpclib.server.Handler):
+    """grpclib's per-connection Handler with its task table under public names."""
+
+    @property
+    def tasks(self) -> dict[Any, Any]:
+        return self._tasks  # type: ignore[no-any-return]
+
+    @property
+    def cancelled_tasks(self) -> set[Any]:
+        return self._cancelled  # type: ignore[no-any-return]
+
+    def gc_step(self) -> None:
+        self.__gc_step__()
+
+
+class ServerBase(grpclib.server.Server):
+    """grpclib's Server with the private state our protocol factory needs under public names."""
+
+    @property
+    def mapping(self) -> dict[str, Any]:
+        return self._mapping  # type: ignore[no-any-return]
+
+    @property
+    def codec(self) -> Any:
+        return self._codec
+
+    @property
+    def status_details_codec(self) -> Any:
+        return self._status_details_codec
+
+    @property
+    def grpclib_config(self) -> Any:
+        return self._config
+
+    @property
+    def h2_config(self) -> Any:
+        return self._h2_config
+
+    @property
+    def handlers(self) -> set[Any]:
+        return self._handlers  # type: ignore[no-any-return]
+
+    @property
+    def asyncio_server(self) -> Any:
+        return self._server
+
+    def gc_step(self) -> None:
+        self.__gc_step__()
+
+    def _protocol_factory(self) -> Any:
+        return self.protocol_factory()
+
+    def protocol_factory(self) -> Any:
+        raise NotImplementedError
+
 
 # --- client side --------------------------------------------------------------------------

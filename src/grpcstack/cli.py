@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
     cache.add_argument("--rounds", type=int, default=3)
+    flood = modes.add_parser(
+        "flood", help="health latency while another connection sends rapid resets"
+    )
+    flood.add_argument("--target", default="platform_services.echo:EchoServer")
+    flood.add_argument("--seconds", type=float, default=5.0, help="per phase")
+    flood.add_argument("--pairs", type=int, default=20_000, help="HEADERS+RST pairs a connection")
     return parser
 
 
@@ -142,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.mode == "cache":
         return _bench_cache(args)
+    if args.mode == "flood":
+        from .bench import flood
+
+        print(flood.report(flood.run(args.target, args.seconds, args.pairs)))
+        return 0
     if args.mode == "codec":
         from .bench import codec
 

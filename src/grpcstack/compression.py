@@ -35,13 +35,21 @@ def gzip_compress(data: bytes, level: int = 6) -> bytes:
 def gzip_decompress(data: bytes, limit: int) -> bytes:
     """The decompressed bytes; TooLarge past ``limit`` (without inflating further), Corrupt if
     the stream is invalid or incomplete."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = decompressor.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise Corrupt(str(exc)) from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise TooLarge(f"decompressed message larger than max ({limit})")
-    if not decompressor.eof:
-        raise Corrupt("incomplete gzip stream")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while True:  # a gzip file may hold several members: they concatenate (RFC 1952 2.2)
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = decompressor.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise Corrupt(str(exc)) from None
+        size += len(out)
+        if size > limit or decompressor.unconsumed_tail:
+            raise TooLarge(f"decompressed message larger than max ({limit})")
+        if not decompressor.eof:
+            raise Corrupt("incomplete gzip stream")
+        parts.append(out)
+        rest = decompressor.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from .cache import GrpcCache
 from .codec import StackCodec
+from .connection_metrics import ConnectionMetrics
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
 from .middleware import (
     AccessLogMiddleware,
@@ -35,7 +37,7 @@ from .ratelimit import MemoryLimiter, RedisLimiter
 from .reflection import reflection_services, service_names
 from .resources import Resources
 from .settings import ServerSettings
-from .transport import GrpcServer
+from .transport import ConnectionPolicy, GrpcServer
 
 log = logging.getLogger("grpcstack.server")
 
@@ -193,7 +195,8 @@ class AsyncBaseServer:
                 # a custom codec silently drops rich error details unless this is passed too
                 status_details_codec=ProtoStatusDetailsCodec(),
                 config=self._grpclib_config(),
-                max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
+                policy=self._connection_policy(),
+                observer=ConnectionMetrics(self.metrics_registry),
                 max_receive_message_length=s.GRPC_MAX_MESSAGE_LENGTH,
                 max_send_message_length=s.GRPC_MAX_SEND_MESSAGE_LENGTH or s.GRPC_MAX_MESSAGE_LENGTH,
                 compress_by_default=s.GRPC_COMPRESSION == "gzip",
@@ -201,7 +204,7 @@ class AsyncBaseServer:
             self.chain.attach(self.grpc_server)
             for middleware in self.chain.middlewares:
                 if isinstance(middleware, MetricsMiddleware):
-                    middleware.initialize(self.grpc_server._mapping)
+                    middleware.initialize(self.grpc_server.mapping)
             if s.GRPC_METRICS_PORT:
                 host = s.GRPC_METRICS_HOST or s.GRPC_SERVER_HOST
                 self.metrics_exporter = MetricsExporter(
@@ -233,7 +236,7 @@ class AsyncBaseServer:
             raise
 
     async def _abort_start(self) -> None:
-        if self.grpc_server is not None and self.grpc_server._server is not None:
+        if self.grpc_server is not None and self.grpc_server.asyncio_server is not None:
             self.grpc_server.close()
             self.grpc_server.goaway_all()
         self.grpc_server = None
@@ -250,6 +253,8 @@ class AsyncBaseServer:
         every connection gets GOAWAY and is closed.
         """
         if self._stop_task is None:
+            if self.grpc_server is None:
+                raise RuntimeError("server not started")  # and nothing kept: start() still works
             grace = (
                 self.settings.GRPC_SERVER_GRACE_PERIOD_SECONDS
                 if grace_period is None
@@ -268,6 +273,9 @@ class AsyncBaseServer:
             server.draining = True
             self.health.shutdown()
             server.stop_listening()
+            # every connection is closed at a moment no call can be lost (transport.connection);
+            # calls already accepted, and calls arriving before the final GOAWAY, are served
+            server.drain_all()
             pending = {t for t in server.inflight if not t.done()}
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=grace)
@@ -278,8 +286,9 @@ class AsyncBaseServer:
                 server.stopping = True
                 server.cancel_inflight()
                 await asyncio.wait(pending, timeout=1.0)
-            await asyncio.sleep(GOAWAY_LINGER_SECONDS)
-            server.goaway_all()
+            if any(p.open for p in list(server.protocols)):
+                await asyncio.sleep(GOAWAY_LINGER_SECONDS)
+                server.goaway_all()
             server.close()
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
@@ -361,6 +370,27 @@ class AsyncBaseServer:
             _keepalive_permit_without_calls=s.GRPC_KEEPALIVE_PERMIT_WITHOUT_CALLS,
             http2_connection_window_size=s.GRPC_HTTP2_CONNECTION_WINDOW_SIZE,
             http2_stream_window_size=s.GRPC_HTTP2_STREAM_WINDOW_SIZE,
+        )
+
+    def _connection_policy(self) -> ConnectionPolicy:
+        s = self.settings
+
+        def seconds(ms: int | None) -> float:
+            return math.inf if ms is None else ms / 1000
+
+        return ConnectionPolicy(
+            max_concurrent_streams=s.GRPC_MAX_CONCURRENT_STREAMS,
+            max_header_list_size=s.GRPC_MAX_METADATA_SIZE,
+            max_resets=s.GRPC_MAX_RESETS_PER_CONNECTION,
+            reset_interval=s.GRPC_RESET_INTERVAL_SECONDS,
+            keepalive_min_time=s.GRPC_KEEPALIVE_MIN_TIME_MS / 1000,
+            keepalive_permit_without_calls=s.GRPC_KEEPALIVE_CLIENT_PERMIT_WITHOUT_CALLS,
+            max_connection_age=seconds(s.GRPC_MAX_CONNECTION_AGE_MS),
+            max_connection_age_grace=seconds(s.GRPC_MAX_CONNECTION_AGE_GRACE_MS),
+            max_connection_idle=seconds(s.GRPC_MAX_CONNECTION_IDLE_MS),
+            max_pending_bytes=max(s.GRPC_MAX_CONNECTION_PENDING_BYTES, s.GRPC_MAX_MESSAGE_LENGTH),
+            message_body_timeout=s.GRPC_MESSAGE_BODY_TIMEOUT_SECONDS,
+            max_connections=s.GRPC_MAX_CONNECTIONS,
         )
 
     def _ssl_context(self) -> ssl.SSLContext | None:

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Port = Annotated[int, Field(ge=0, le=65535)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 # HTTP/2 allows windows from 64 KiB - 1 to 2 GiB - 1 (RFC 9113 6.9.2); grpclib wants >= 64 KiB.
 WindowSize = Annotated[int, Field(ge=2**16, le=2**31 - 1)]
 
@@ -74,6 +75,20 @@ class ServerSettings(BaseSettings):
     GRPC_MAX_SEND_MESSAGE_LENGTH: PositiveInt | None = None  # default: GRPC_MAX_MESSAGE_LENGTH
     GRPC_HTTP2_CONNECTION_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
     GRPC_HTTP2_STREAM_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
+
+    # Connection protections (README "Limits and protections"); grpc-go's defaults where it has
+    # the same knob. None = never.
+    GRPC_MAX_METADATA_SIZE: PositiveInt = 16 * 1024  # advertised SETTINGS_MAX_HEADER_LIST_SIZE
+    GRPC_MAX_RESETS_PER_CONNECTION: PositiveInt = 1000  # client RST_STREAMs per interval
+    GRPC_RESET_INTERVAL_SECONDS: Annotated[float, Field(gt=0)] = 10.0
+    GRPC_KEEPALIVE_MIN_TIME_MS: PositiveInt = 300_000  # client pings closer: strikes
+    GRPC_KEEPALIVE_CLIENT_PERMIT_WITHOUT_CALLS: bool = False  # client pings with no call open
+    GRPC_MAX_CONNECTION_AGE_MS: PositiveInt | None = None
+    GRPC_MAX_CONNECTION_AGE_GRACE_MS: NonNegativeInt | None = None
+    GRPC_MAX_CONNECTION_IDLE_MS: PositiveInt | None = None
+    GRPC_MAX_CONNECTION_PENDING_BYTES: PositiveInt = 64 * 1024 * 1024
+    GRPC_MESSAGE_BODY_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 30.0
+    GRPC_MAX_CONNECTIONS: NonNegativeInt = 0  # 0 = no limit
 
     # TLS (off unless a certificate is given; a client CA turns on mutual TLS)
     GRPC_TLS_CERT_FILE: Path | None = None

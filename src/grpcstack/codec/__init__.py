@@ -101,13 +101,15 @@ class StackCodec(CodecBase):
                 "wrap pre-encoded wire bytes in grpcstack.codec.PreEncoded"
             )
         cls = type(message)
-        fn = self._encoders.get(cls)
-        if fn is None:
-            if message_type is not bytes and not isinstance(message, message_type):
+        # checked on every call: a class seen before may still be the wrong one for this method
+        if cls is not message_type and message_type is not bytes:
+            if not isinstance(message, message_type):
                 raise TypeError(
                     f"response must be {message_type.__module__}.{message_type.__name__}, "
                     f"not {cls.__module__}.{cls.__name__}"
                 )
+        fn = self._encoders.get(cls)
+        if fn is None:
             fn = self._encoders[cls] = self._encoder_for(cls)
         return fn(message)
 

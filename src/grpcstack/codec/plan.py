@@ -307,6 +307,41 @@ class _Compiler:
 
     # --- decoding --------------------------------------------------------------------
 
+    def _read_singular_message(
+        self, fname: str, cls: type | None, init: list[str], tail: list[str]
+    ) -> list[str]:
+        """A singular message field seen more than once merges (protobuf semantics, as upb does):
+        the occurrences' bytes are kept and decoded once, joined, at the end: linear time."""
+        assert cls is not None
+        fn = self.decoder(cls)
+        var, more, start, stop = f"f_{fname}", f"_m_{fname}", f"_p_{fname}", f"_e_{fname}"
+        init.append(f"    {more} = None")
+        tail += [
+            f"    if {more} is not None:",
+            f"        _j = b''.join({more})",
+            f"        {var} = {fn}(_j, 0, len(_j), depth + 1)",
+        ]
+        p = " " * 12
+        return [
+            f"{p}_n = buf[pos]",
+            f"{p}if _n < 0x80:",
+            f"{p}    pos += 1",
+            f"{p}else:",
+            f"{p}    _n, pos = _rv(buf, pos)",
+            f"{p}_end = pos + _n",
+            f"{p}if _end > end:",
+            f"{p}    raise _DecodeError('length past the end')",
+            f"{p}if {var} is None:",
+            f"{p}    {start} = pos",
+            f"{p}    {stop} = _end",
+            f"{p}    {var} = {fn}(buf, pos, _end, depth + 1)",
+            f"{p}else:",
+            f"{p}    if {more} is None:",
+            f"{p}        {more} = [buf[{start}:{stop}]]",
+            f"{p}    {more}.append(buf[pos:_end])",
+            f"{p}pos = _end",
+        ]
+
     def _read(self, pt: str, cls: type | None, target: str, ind: int) -> list[str]:
         """Lines reading one value at buf[pos] and handing it to ``target`` (call or assign)."""
         p = " " * ind
@@ -378,6 +413,7 @@ class _Compiler:
             "    if depth > _MAX_DEPTH:",
             "        raise _DecodeError('message nesting too deep')",
             "    _unk = None",
+            "    _us = _ue = -1",
         ]
         body = [
             "    while pos < end:",
@@ -388,6 +424,7 @@ class _Compiler:
             "            _t, pos = _rv(buf, pos)",
         ]
         kwargs: list[str] = []
+        tail_merges: list[str] = []
         groups: dict[str, list[str]] = {}
         first = True
         for fname, fm in meta.meta_by_field_name.items():
@@ -502,7 +539,10 @@ class _Compiler:
                 else:
                     init.append(f"    {var} = {_default(pt)!r}")
                 body.append(f"        {branch} _t == {(fm.number << 3) | _wire_type(pt)}:")
-                body += self._read(pt, field_cls, f"{var} = ", 12)
+                if pt == TYPE_MESSAGE:
+                    body += self._read_singular_message(fname, field_cls, init, tail_merges)
+                else:
+                    body += self._read(pt, field_cls, f"{var} = ", 12)
                 if fm.group:
                     groups.setdefault(fm.group, []).append(var)
                     body.append(f"            _g_{fm.group} = '{var}'")
@@ -512,11 +552,46 @@ class _Compiler:
             "        else:",
             "            if _t >> 3 == 0:",
             "                raise _DecodeError('field number 0')",
-            "            _start = pos",
-            "            pos = _skip(buf, pos, end, _t & 7)",
-            "            _unk = (_unk or b'') + _uvarint(_t) + bytes(buf[_start:pos])",
+            # unknown fields are kept as the original bytes, as runs of the buffer joined once
+            # at the end (concatenating per field copies the whole run each time: quadratic)
+            "            if _t < 0x80 and buf[pos - 1] == _t:",
+            "                _start = pos - 1",
+            "            else:",
+            "                _tb = _uvarint(_t)",
+            "                _start = pos - len(_tb)",
+            "                if bytes(buf[_start:pos]) != _tb:  # a non-canonical tag: re-encode",
+            "                    if _unk is None:",
+            "                        _unk = []",
+            "                    if _ue >= 0:",
+            "                        _unk.append(buf[_us:_ue])",
+            "                    _unk.append(_tb)",
+            "                    _start = _ue = pos",
+            "                    _us = pos",
+            "            if _t & 7 == 0 and buf[pos] < 0x80:",
+            "                pos += 1",
+            "            else:",
+            "                pos = _skip(buf, pos, end, _t & 7)",
+            "            if _start == _ue:",
+            "                _ue = pos",
+            "            else:",
+            "                if _ue >= 0:",
+            "                    if _unk is None:",
+            "                        _unk = []",
+            "                    _unk.append(buf[_us:_ue])",
+            "                _us = _start",
+            "                _ue = pos",
         ]
         tail = ["    if pos != end:", "        raise _DecodeError('field overruns its message')"]
+        tail += tail_merges
+        tail += [
+            "    if _ue >= 0:",
+            "        if _unk is None:",
+            "            _unk = [buf[_us:_ue]]",
+            "        else:",
+            "            _unk.append(buf[_us:_ue])",
+            "    if _unk is not None:",
+            "        _unk = b''.join(_unk)",
+        ]
         for group, members in groups.items():
             init.append(f"    _g_{group} = None")
             if len(members) > 1:  # oneof: only the member seen last stays set

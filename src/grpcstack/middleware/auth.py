@@ -50,6 +50,15 @@ def _unauthenticated(message: str) -> GRPCError:
     return GRPCError(Status.UNAUTHENTICATED, message)
 
 
+def _single(metadata: _Metadata, key: str) -> str | bytes | None:
+    """The one value of ``key``: two are ambiguous (a gateway that appends instead of replacing
+    would let the caller pick its identity), so they are refused, not resolved."""
+    values = metadata.getall(key, ())
+    if len(values) > 1:
+        raise _unauthenticated(f'"{key}" metadata given more than once')
+    return values[0] if values else None
+
+
 class TrustedHeaderVerifier:
     """Trusts ``user-id`` metadata set by a gateway in front of the service."""
 
@@ -57,7 +66,7 @@ class TrustedHeaderVerifier:
         self.key = key
 
     def verify(self, metadata: _Metadata, method: str) -> str | None:
-        value = metadata.get(self.key)
+        value = _single(metadata, self.key)
         if value is None or value == "":
             return None
         if not isinstance(value, str) or not _USER_ID.match(value):
@@ -95,7 +104,7 @@ class HmacTokenVerifier:
         self.leeway = leeway
 
     def verify(self, metadata: _Metadata, method: str) -> str | None:
-        header = metadata.get("authorization")
+        header = _single(metadata, "authorization")
         if header is None:
             return None
         if not isinstance(header, str) or not header.startswith("Bearer "):

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata
 
     from ..context import CallContext
-    from ..server import AsyncBaseServer
 
 #: full method name ("/pkg.Service/Method") -> whether a middleware applies to it
 Selector = Callable[[str], bool]
@@ -95,8 +94,9 @@ class Middleware:
     def applies_to(self, method: str) -> bool:
         return self.selector(method)
 
-    async def start(self, server: AsyncBaseServer) -> None:
-        """Called once after the server's resources are open, before the port is bound."""
+    async def start(self, server: Any) -> None:
+        """Called once after the server's resources are open, before the port is bound.
+        ``server`` is the AsyncBaseServer (untyped here: the middleware layer sits below it)."""
 
     async def stop(self) -> None:
         """Called once after the server stopped serving."""

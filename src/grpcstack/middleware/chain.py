@@ -30,7 +30,6 @@ from .base import Middleware
 
 if TYPE_CHECKING:
     from ..context import CallContext
-    from ..transport import GrpcServer
 
 log = logging.getLogger("grpcstack.middleware")
 
@@ -55,6 +54,14 @@ class MiddlewareChain:
     def __init__(self, middlewares: Sequence[Middleware]) -> None:
         self.middlewares = list(middlewares)
         self._plans: dict[str, _Plan] = {}
+        for m in self.middlewares:
+            done = getattr(m, "on_done", None)
+            if done is not None and inspect.iscoroutinefunction(done):
+                # finish() runs synchronously as the call task ends: it would never be awaited
+                raise TypeError(
+                    f"{type(m).__name__}.on_done must be a plain def (it runs after the call "
+                    "ended and is not awaited); start a task from it for async work"
+                )
 
     def _plan_for(self, method: str) -> _Plan:
         selected = [m for m in self.middlewares if m.applies_to(method)]
@@ -81,14 +88,14 @@ class MiddlewareChain:
         """Services whose handler functions are wrapped by the middlewares' ``wrap`` hooks."""
         return [_WrappedService(service, self) for service in services]
 
-    def attach(self, server: GrpcServer) -> None:
-        for method in server._mapping:
+    def attach(self, server: Any) -> None:
+        for method in server.mapping:
             self._plans[method] = self._plan_for(method)
         listen(server, RecvRequest, self._on_request)
         if any(p.initial for p in self._plans.values()):
             listen(server, SendInitialMetadata, self._on_initial_metadata)
         listen(server, SendTrailingMetadata, self._on_trailers)
-        server.chain = self
+        server.on_call_done = self.finish
 
     # --- events -------------------------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""From a request's headers to its handler: validation, deadlines, statuses, one done callback.
+
+``handle_request`` is grpclib's ``request_handler`` with the per-call context, statuses that say
+what happened (an expired deadline is DEADLINE_EXCEEDED, a reset is CANCELLED, a stop past its
+grace is UNAVAILABLE), bad metadata answered instead of dropped, and exactly one call of the
+server's ``on_call_done`` per call so the middleware can close its books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import Deadline, decode_metadata, encode_grpc_message
+from grpclib.utils import DeadlineWrapper, Wrapper
+from h2.errors import ErrorCodes
+
+from .._compat import ServerHandlerBase
+from ..compression import ACCEPT_ENCODING, IDENTITY, SUPPORTED, accepts_gzip
+from ..context import CallContext, set_current
+from .policy import Dispatcher, MessageRoom
+from .stream import LimitedStream
+
+if TYPE_CHECKING:
+    from grpclib import protocol
+    from grpclib.const import Handler as MethodHandler
+    from grpclib.events import _DispatchServerEvents
+
+log = logging.getLogger("grpcstack.transport")
+
+_Headers = list[tuple[str, str]]
+
+
+class StackHandler(ServerHandlerBase):
+    """Per-connection handler: starts ``handle_request`` tasks and tracks them on the server."""
+
+    protocol: MessageRoom
+
+    def __init__(self, server: Dispatcher) -> None:
+        super().__init__(
+            server.mapping, server.codec, server.status_details_codec, server.__dispatch__
+        )
+        self.server = server
+
+    def accept(
+        self,
+        stream: protocol.Stream,
+        headers: _Headers,
+        release_stream: Callable[[], Any],
+    ) -> None:
+        self.gc_step()
+        task = self.loop.create_task(
+            handle_request(self.server, self.protocol, stream, headers, release_stream)
+        )
+        self.tasks[stream] = task
+        self.server.track(task)
+
+    def cancel(self, stream: protocol.Stream) -> None:
+        """RST_STREAM from the client. grpclib cancels the request task, but a task cancelled
+        before its first step never runs at all: no status, no metrics, and its stream is never
+        released. Such a task is left to start and ends the call as CANCELLED itself, before
+        any middleware hook runs."""
+        task = self.tasks.pop(stream, None)
+        if task is None:
+            return
+        if getattr(stream, "_grpcstack_started", False):
+            task.cancel()
+            self.cancelled_tasks.add(task)
+        else:
+            stream._grpcstack_reset_early = True  # type: ignore[attr-defined]
+
+
+async def _abort(
+    stream: protocol.Stream, status: Status, message: str, extra: _Headers | None = None
+) -> None:
+    """Trailers-only gRPC error response (HTTP 200), then reset the stream."""
+    headers = [
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-status", str(status.value)),
+        ("grpc-message", encode_grpc_message(message)),
+        *(extra or []),
+    ]
+    await stream.send_headers(headers, end_stream=True)
+    if stream.closable:
+        stream.reset_nowait()
+
+
+async def _abort_http(stream: protocol.Stream, http_status: int, message: str) -> None:
+    headers = [
+        (":status", str(http_status)),
+        ("grpc-status", str(Status.UNKNOWN.value)),
+        ("grpc-message", message),
+    ]
+    await stream.send_headers(headers, end_stream=True)
+    if stream.closable:
+        stream.reset_nowait()
+
+
+async def handle_request(
+    server: Dispatcher,
+    conn: MessageRoom,
+    h2_stream: protocol.Stream,
+    headers: _Headers,
+    release_stream: Callable[[], Any],
+) -> None:
+    call: CallContext | None = None
+    h2_stream._grpcstack_started = True  # type: ignore[attr-defined]
+    try:
+        if getattr(h2_stream, "_grpcstack_reset_early", False):
+            return  # reset before this task ran: nothing of the call has happened
+        headers_map = dict(headers)
+        if headers_map.get(":method") != "POST":
+            await _abort_http(h2_stream, 405, "Method not allowed")
+            return
+        content_type = headers_map.get("content-type") or ""
+        base, _, subtype = content_type.partition("+")
+        if base != "application/grpc" or (subtype and subtype != server.codec.__content_subtype__):
+            await _abort_http(h2_stream, 415, "Unacceptable content-type header")
+            return
+        method_name = headers_map.get(":path", "")
+        method: MethodHandler | None = server.mapping.get(method_name)
+        if method is None:
+            await _abort(h2_stream, Status.UNIMPLEMENTED, f"Method not found: {method_name}")
+            return
+        try:
+            deadline = Deadline.from_headers(headers)
+        except ValueError:
+            await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
+            return
+        encoding = headers_map.get("grpc-encoding", IDENTITY)
+        if encoding not in SUPPORTED:
+            await _abort(
+                h2_stream,
+                Status.UNIMPLEMENTED,
+                f"Unsupported grpc-encoding {encoding!r}",
+                [("grpc-accept-encoding", ACCEPT_ENCODING)],
+            )
+            return
+        try:
+            metadata = decode_metadata(headers)
+        except (binascii.Error, ValueError):
+            await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid base64 in binary metadata")
+            return
+        accept_header = headers_map.get("grpc-accept-encoding")
+        user_agent = headers_map.get("user-agent")
+        dispatch: _DispatchServerEvents = server.__dispatch__
+
+        async with LimitedStream(
+            h2_stream,
+            method_name,
+            method.cardinality,
+            method.request_type,
+            method.reply_type,
+            codec=server.codec,
+            status_details_codec=server.status_details_codec,
+            dispatch=dispatch,
+            deadline=deadline,
+            user_agent=user_agent,
+        ) as stream:
+            stream.conn = conn
+            stream.max_receive_length = server.max_receive_message_length
+            stream.max_send_length = server.max_send_message_length
+            stream.request_encoding = encoding
+            if accept_header is not None:
+                stream.compression_aware = True
+                stream.accepts_gzip = accepts_gzip(accept_header)
+            stream.compress_by_default = server.compress_by_default
+            call = stream.call = CallContext(
+                method_name, method.cardinality, metadata, stream.peer, deadline
+            )
+            set_current(call)
+            wrapper: Wrapper
+            # already expired (grpc-timeout 0S, 1n...): the hooks run (the call is counted),
+            # the handler does not, and the answer is DEADLINE_EXCEEDED
+            expired = deadline is not None and deadline.time_remaining() <= 0
+            if deadline is None or expired:
+                wrapper = h2_stream.wrapper = Wrapper()
+                deadline_ctx: Any = nullcontext()
+            else:
+                wrapper = h2_stream.wrapper = DeadlineWrapper()
+                deadline_ctx = wrapper.start(deadline)
+            try:
+                with deadline_ctx, wrapper:
+                    stream.metadata, method_func = await dispatch.recv_request(
+                        metadata,
+                        method.func,
+                        method_name=method_name,
+                        deadline=deadline,
+                        content_type=content_type,
+                        user_agent=user_agent,
+                        peer=stream.peer,
+                    )
+                    if expired:
+                        raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded")
+                    await method_func(stream)
+            except GRPCError:
+                raise
+            except asyncio.CancelledError:
+                if server.stopping:
+                    # the server's grace period ran out: tell the client, don't just vanish
+                    raise GRPCError(Status.UNAVAILABLE, "Server is shutting down") from None
+                call.peer_cancelled = True  # the connection was lost
+                raise
+            except TimeoutError:
+                if wrapper.cancelled or wrapper.cancel_failed:
+                    raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded") from None
+                log.exception("Application error in %s", method_name)
+                raise
+            except StreamTerminatedError:
+                # RST_STREAM from the client or a lost connection: the call is CANCELLED
+                call.peer_cancelled = True
+                raise GRPCError(Status.CANCELLED, "Cancelled by the client") from None
+            except Exception:
+                log.exception("Application error in %s", method_name)
+                raise
+    except (asyncio.CancelledError, StreamTerminatedError):
+        pass
+    except Exception:
+        log.debug("request ended with an error", exc_info=True)
+        if h2_stream.closable:  # never leave a stream open with nothing sent
+            h2_stream.reset_nowait(ErrorCodes.INTERNAL_ERROR)
+    finally:
+        release_stream()
+        if call is not None:
+            done = server.on_call_done
+            if done is not None:
+                done(call)
