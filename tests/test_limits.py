@@ -138,7 +138,14 @@ async def test_deadline_exceeded_in_handler(pb2) -> None:
         await eventually(lambda: not server.grpc_server.inflight)
 
 
-EXPIRED = ["1n", "1u", "100u"]  # expired by the time the server reads the headers
+RACE_100U = pytest.mark.xfail(
+    strict=False,
+    reason="issue 12: transport/dispatch.py checks time_remaining() > 0, then "
+    "DeadlineWrapper.start() raises TimeoutError when the deadline passed in between: "
+    "UNKNOWN 'Internal Server Error' (seen 1 in ~10 runs with 100u)",
+)
+# expired by the time the server reads the headers (100u: expiring just then)
+EXPIRED = ["1n", "1u", pytest.param("100u", marks=RACE_100U)]
 
 
 async def _deadline_call(server: EchoServer, timeout: str) -> dict[str, str]:
