@@ -169,6 +169,7 @@ async def test_server_answers_deadline_exceeded_itself(timeout: str) -> None:
         assert server.echo.finished == 0
 
 
+@RACE_100U
 async def test_grpcio_1ms_deadlines_are_never_internal(pb2: Any) -> None:
     """grpcio sends what remains of a 1 ms deadline, often already expired when the server reads
     it. The server used to answer those UNKNOWN "Internal Server Error" (grpcio: INTERNAL)."""
