@@ -22,6 +22,7 @@ class MongoProcess:
         self.storage = storage
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_before = False
 
     @property
     def url(self) -> str:
@@ -32,9 +33,12 @@ class MongoProcess:
         is retried on a new port."""
         for _ in range(5):
             if self._start_once():
+                self.started_before = True
                 return
+            if self.started_before:  # a restart keeps its port: clients point at it
+                break
             self.port = free_port()
-        raise RuntimeError("secantusd-py did not start (5 tries)")
+        raise RuntimeError("secantusd-py did not start (5 tries, or a restart on its old port)")
 
     def _start_once(self) -> bool:
         self.proc = proc = subprocess.Popen(

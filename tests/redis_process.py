@@ -26,6 +26,7 @@ class RedisProcess:
         self.port = free_port()
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_before = False
 
     @property
     def url(self) -> str:
@@ -37,9 +38,12 @@ class RedisProcess:
         server answering is checked to be ours (its process id)."""
         for _ in range(5):
             if self._start_once():
+                self.started_before = True
                 return
+            if self.started_before:  # a restart keeps its port: clients point at it
+                break
             self.port = free_port()
-        raise RuntimeError("redis-server did not start (5 tries)")
+        raise RuntimeError("redis-server did not start (5 tries, or a restart on its old port)")
 
     def _start_once(self) -> bool:
         self.proc = proc = subprocess.Popen(

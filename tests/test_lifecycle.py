@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 import h2.connection
-import h2.errors
-import h2.events
+import hpack
+import hyperframe.frame
 import pytest
 from conftest import bound_socket, channel, running, settings
 from grpclib.const import Status
@@ -18,7 +18,7 @@ from waiting import eventually
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 from grpcstack import AsyncBaseServer
-from grpcstack.server import GOAWAY_LINGER_SECONDS
+from grpcstack.transport.policy import ConnectionPolicy
 from platform_services.echo import EchoServer
 
 
@@ -158,42 +158,123 @@ async def test_idle_connection_does_not_block_stop() -> None:
             await EchoServiceStub(conn).echo(EchoRequest(message="after"))
 
 
-async def test_stop_answers_in_flight_then_goaway_after_the_linger() -> None:
-    """On a raw HTTP/2 connection: the in-flight call's UNAVAILABLE trailers arrive first, the
-    GOAWAY (NO_ERROR, naming the last stream the server took) at least GOAWAY_LINGER_SECONDS
-    later, then the server closes the connection."""
-    server = EchoServer(settings())
-    async with running(server):
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+class FramePeer:
+    """A client that reads the server's frames one by one (python-h2 stops at the first GOAWAY,
+    so it cannot show what follows one). It acks SETTINGS and PINGs, and records every frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = hpack.Decoder()
+        self.seen: list[tuple[str, float, Any]] = []  # kind, loop time, detail
+
+    @classmethod
+    async def call(cls, port: int, request: bytes, user_agent: str) -> FramePeer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
-        conn.send_headers(1, list(GRPC_HEADERS.items()))
-        conn.send_data(1, grpc_frame(bytes(EchoRequest(sleep_seconds=30))), end_stream=True)
+        conn.send_headers(1, [*GRPC_HEADERS.items(), ("user-agent", user_agent)])
+        conn.send_data(1, grpc_frame(request), end_stream=True)
         writer.write(conn.data_to_send())
-        await server.echo.started.wait()
+        return cls(reader, writer)
+
+    async def read_until_closed(self, timeout: float = 15) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.create_task(server.stop(0.1))
-        seen: list[tuple[str, float, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    head = await self.reader.readexactly(9)
+                except asyncio.IncompleteReadError:
+                    self.seen.append(("closed", loop.time(), None))
+                    return
+                frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(head))
+                frame.parse_body(memoryview(await self.reader.readexactly(length)))
+                now = loop.time()
+                if isinstance(frame, hyperframe.frame.SettingsFrame) and "ACK" not in frame.flags:
+                    self.writer.write(hyperframe.frame.SettingsFrame(0, flags=["ACK"]).serialize())
+                elif isinstance(frame, hyperframe.frame.PingFrame) and "ACK" not in frame.flags:
+                    self.seen.append(("ping", now, None))
+                    ack = hyperframe.frame.PingFrame(0, flags=["ACK"])
+                    ack.opaque_data = frame.opaque_data
+                    self.writer.write(ack.serialize())
+                elif isinstance(frame, hyperframe.frame.GoAwayFrame):
+                    self.seen.append(("goaway", now, (frame.last_stream_id, frame.error_code)))
+                elif isinstance(frame, hyperframe.frame.HeadersFrame):
+                    headers = dict(self.decoder.decode(frame.data, raw=False))
+                    if "grpc-status" in headers:
+                        self.seen.append(("status", now, int(headers["grpc-status"])))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _, _ in self.seen]
+
+
+def gated_echo(server: EchoServer) -> asyncio.Event:
+    """Echo holds every call until the returned event is set."""
+    gate = asyncio.Event()
+
+    async def held(message: EchoRequest) -> EchoResponse:
+        server.echo.started.set()
+        await gate.wait()
+        return EchoResponse(message=message.message)
+
+    server.echo.echo = held  # type: ignore[method-assign]
+    return gate
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 12: on a busy connection the drain PING (and so the final GOAWAY) is sent "
+    "only once the calls end (_probe returns while streams are open), not with GOAWAY(2^31-1)",
+)
+async def test_stop_drains_a_busy_connection_with_two_goaways() -> None:
+    """grpc-go's GracefulStop on a busy connection: GOAWAY(2^31-1) + PING at once, the final
+    GOAWAY (naming stream 1) after the ack; the accepted call still completes OK; then close."""
+    server = EchoServer(settings())
+    gate = gated_echo(server)
+    async with running(server):
+        peer = await FramePeer.call(server.port, bytes(EchoRequest(message="m")), "raw-test/1")
+        await server.echo.started.wait()
+        stop = asyncio.create_task(server.stop(30))
+        reading = asyncio.create_task(peer.read_until_closed())
+        final = ("goaway", 1)
         try:
-            async with asyncio.timeout(10):
-                while data := await reader.read(65536):
-                    for event in conn.receive_data(data):
-                        if isinstance(
-                            event, h2.events.TrailersReceived | h2.events.ResponseReceived
-                        ):
-                            seen.append(("headers", loop.time(), dict(event.headers)))
-                        elif isinstance(event, h2.events.ConnectionTerminated):
-                            seen.append(("goaway", loop.time(), event))
-                    writer.write(conn.data_to_send())
-            seen.append(("closed", loop.time(), None))
+            await eventually(lambda: final in [(k, d and d[0]) for k, _, d in peer.seen], timeout=5)
+            assert not reading.done()  # the final GOAWAY did not end the accepted call
         finally:
-            writer.close()
-        await asyncio.wait_for(stop, 10)
-    kinds = [kind for kind, _, _ in seen]
-    assert kinds == ["headers", "goaway", "closed"], kinds
-    (_, answered, headers), (_, goaway_at, goaway), _ = seen
-    assert headers[b"grpc-status"] == str(Status.UNAVAILABLE.value).encode()
-    assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
-    assert goaway.last_stream_id == 1
-    # the linger is a sleep on the server's loop: it can only come late, never early
-    assert goaway_at - answered >= GOAWAY_LINGER_SECONDS * 0.9
+            gate.set()  # whatever happened, let the call and the stop finish
+        await reading
+        peer.writer.close()
+        await asyncio.wait_for(stop, 15)
+    kinds = peer.kinds()
+    assert kinds[:2] == ["goaway", "ping"], kinds
+    assert kinds[-2:] == ["status", "closed"], kinds
+    goaways = [detail for kind, _, detail in peer.seen if kind == "goaway"]
+    assert goaways[0] == (2**31 - 1, 0) and goaways[-1] == (1, 0)
+    statuses = [detail for kind, _, detail in peer.seen if kind == "status"]
+    assert statuses == [Status.OK.value]
+
+
+async def test_stop_sends_a_grpclib_connection_its_goaway_after_an_idle_linger() -> None:
+    """A grpclib peer (by its user-agent) ends every open call on any GOAWAY: it gets none while
+    its call runs, and its only GOAWAY comes once the connection has been idle for the linger."""
+    server = EchoServer(settings())
+    gate = gated_echo(server)
+    async with running(server):
+        peer = await FramePeer.call(
+            server.port, bytes(EchoRequest(message="m")), "grpc-python-grpclib/0.4.9"
+        )
+        await server.echo.started.wait()
+        stop = asyncio.create_task(server.stop(30))
+        reading = asyncio.create_task(peer.read_until_closed())
+        await eventually(lambda: "before_stop" in server.calls)
+        gate.set()
+        await reading
+        peer.writer.close()
+        await asyncio.wait_for(stop, 15)
+    kinds = peer.kinds()
+    assert kinds.count("goaway") == 1 and kinds[-2:] == ["goaway", "closed"], kinds
+    assert kinds.index("status") < kinds.index("goaway")
+    answered = next(t for kind, t, _ in peer.seen if kind == "status")
+    goaway_at = next(t for kind, t, _ in peer.seen if kind == "goaway")
+    # the linger is a timer on the server's loop: it can only fire late, never early
+    assert goaway_at - answered >= ConnectionPolicy().drain_idle_linger * 0.9
+    assert [d for kind, _, d in peer.seen if kind == "status"] == [Status.OK.value]
