@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,uvloop]'
+	$(BIN)/pip install --quiet -e '.[dev,uvloop,platform]'
 	touch $(STAMP)
 
 # ONE protoc run over every proto into an emptied gen/ (a second run would overwrite shared modules).

@@ -36,6 +36,7 @@ def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("pb2")
     protos = ROOT / "protos"
     files = ["common.proto", "ocr.proto", "echo.proto", "llm.proto"]
+    files += ["strategy.proto", "market_data.proto", "indicator.proto"]  # the platform's
     include = Path(protoc.__file__).parent / "_proto"
     rc = protoc.main(
         [
@@ -50,7 +51,7 @@ def pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert rc == 0, "protoc failed"
     sys.path.insert(0, str(out))
     ns = types.SimpleNamespace()
-    for name in ("common", "ocr", "echo", "llm"):
+    for name in ("common", "ocr", "echo", "llm", "strategy", "market_data", "indicator"):
         setattr(ns, name, importlib.import_module(f"{name}_pb2"))
         setattr(ns, f"{name}_grpc", importlib.import_module(f"{name}_pb2_grpc"))
     return ns

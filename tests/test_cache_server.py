@@ -220,3 +220,53 @@ async def test_invalidation_helpers_and_per_user_keys() -> None:
             "grpclib", server.port, "Echo", EchoRequest(message="k"), metadata={"user-id": "x"}
         )
         assert anonymous.status is Status.OK
+
+
+class KeyedKv(KvService):
+    """Requests differing only after '#' share one entry (key material, not the request)."""
+
+    @cached(ttl=60, key=lambda service, request: request.message.split("#")[0])
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        self.loads += 1
+        return EchoResponse(message=f"loaded {message.message}")
+
+
+class KeyedServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        self.kv = KeyedKv(None)
+        return [self.kv]
+
+
+async def test_key_callable_gives_the_key_material() -> None:
+    server = KeyedServer(settings())
+    async with running(server):
+        first = await call("grpclib", server.port, "Echo", EchoRequest(message="a#1"))
+        again = await call("grpclib", server.port, "Echo", EchoRequest(message="a#2"))
+        other = await call("grpclib", server.port, "Echo", EchoRequest(message="b#1"))
+        assert first.responses[0].message == again.responses[0].message == "loaded a#1"
+        assert other.responses[0].message == "loaded b#1"
+        assert server.kv.loads == 2
+        assert server.cache is not None
+        # invalidate_request applies the method's own key callable to the message it is given
+        await server.cache.invalidate_request("/echo.v1.EchoService/Echo", EchoRequest(message="a"))
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="a#3"))
+        assert out.responses[0].message == "loaded a#3" and server.kv.loads == 3
+
+
+class BadKeyKv(KvService):
+    @cached(ttl=60, key=lambda service, request: request.count)  # type: ignore[arg-type,return-value]
+    async def echo(self, message: EchoRequest) -> EchoResponse:
+        return EchoResponse(message="never")
+
+
+class BadKeyServer(AsyncBaseServer):
+    def services(self) -> list[Any]:
+        return [BadKeyKv(None)]
+
+
+async def test_key_callable_returning_a_non_str_is_internal() -> None:
+    server = BadKeyServer(settings())
+    async with running(server):
+        out = await call("grpclib", server.port, "Echo", EchoRequest(message="a"))
+        assert out.status is Status.INTERNAL
+        assert "int" not in (out.message or "")  # no internal detail leaks to the client

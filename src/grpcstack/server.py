@@ -332,20 +332,23 @@ class AsyncBaseServer:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
 
+        signalled: list[asyncio.Task[None]] = []
+
         def on_signal(signum: int) -> None:
-            if self._stop_task is not None:
+            if signalled or self._stop_task is not None:
                 log.warning("second %s: exiting immediately", signal.Signals(signum).name)
                 os._exit(1)
             log.info("%s: stopping gracefully", signal.Signals(signum).name)
-            self._stop_task = asyncio.ensure_future(
-                self._stop(self.settings.GRPC_SERVER_GRACE_PERIOD_SECONDS)
-            )
+            # the public stop(), so that a subclass's stop() override runs too
+            signalled.append(asyncio.ensure_future(self.stop()))
 
         await self.start()
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             await self.wait_for_termination()
+            for task in signalled:
+                await task
             if self._stop_task is not None:
                 await self._stop_task
         finally:

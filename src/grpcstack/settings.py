@@ -223,3 +223,75 @@ def describe_validation_error(exc: ValidationError) -> str:
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"invalid setting {name}{shown}: {err['msg']}")
     return "\n".join(lines)
+
+
+# --- client (grpcstack.Client) ------------------------------------------------------------------
+
+
+class ClientSettings(BaseSettings):
+    """What a :class:`grpcstack.Client` reads; every field has a GRPC_CLIENT_* environment name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    GRPC_CLIENT_TARGETS: list[str] = Field(default_factory=list)  # "host:port", round-robin
+    GRPC_CLIENT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] | None = None  # default deadline
+    GRPC_CLIENT_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 5.0
+    # reconnect backoff of one target after a failed connect (gRPC connection backoff)
+    GRPC_CLIENT_RECONNECT_INITIAL_SECONDS: Annotated[float, Field(gt=0)] = 0.2
+    GRPC_CLIENT_RECONNECT_MAX_SECONDS: Annotated[float, Field(gt=0)] = 10.0
+    # retry policy of every method without its own (gRFC A6); MAX_ATTEMPTS=1 turns retries off
+    GRPC_CLIENT_RETRY_MAX_ATTEMPTS: Annotated[int, Field(ge=1, le=5)] = 3
+    GRPC_CLIENT_RETRY_INITIAL_BACKOFF_SECONDS: Annotated[float, Field(gt=0)] = 0.1
+    GRPC_CLIENT_RETRY_MAX_BACKOFF_SECONDS: Annotated[float, Field(gt=0)] = 2.0
+    GRPC_CLIENT_RETRY_BACKOFF_MULTIPLIER: Annotated[float, Field(gt=0)] = 2.0
+    GRPC_CLIENT_RETRYABLE_STATUS_CODES: list[str] = Field(default_factory=lambda: ["UNAVAILABLE"])
+    GRPC_CLIENT_WAIT_FOR_READY: bool = False  # no target reachable: wait within the deadline
+    GRPC_CLIENT_RETRY_BUFFER_BYTES: PositiveInt = 256 * 1024  # per call; larger calls commit
+    # retry throttle per client (token bucket); MAX_TOKENS=0 turns it off
+    GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS: Annotated[float, Field(ge=0, le=1000)] = 10.0
+    GRPC_CLIENT_RETRY_THROTTLE_TOKEN_RATIO: Annotated[float, Field(gt=0)] = 0.1
+    GRPC_CLIENT_MAX_RECEIVE_MESSAGE_LENGTH: PositiveInt = 4 * 1024 * 1024
+    GRPC_CLIENT_MAX_SEND_MESSAGE_LENGTH: PositiveInt = 2**31 - 1
+    GRPC_CLIENT_COMPRESSION: Literal["none", "gzip"] = "none"  # request messages
+    GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
+    GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE: WindowSize = 4 * 1024 * 1024
+    GRPC_CLIENT_KEEPALIVE_TIME_MS: PositiveInt | None = None  # None: no client pings
+    GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS: PositiveInt = 20_000
+    # TLS: on when GRPC_CLIENT_TLS or a CA file is set; a cert/key pair adds mutual TLS
+    GRPC_CLIENT_TLS: bool = False
+    GRPC_CLIENT_TLS_CA_FILE: Path | None = None
+    GRPC_CLIENT_TLS_CERT_FILE: Path | None = None
+    GRPC_CLIENT_TLS_KEY_FILE: Path | None = None
+    GRPC_CLIENT_TLS_SERVER_NAME: str | None = None  # override of the name checked in the cert
+    # identity sent on every call (user-id header / authorization: Bearer)
+    GRPC_CLIENT_USER_ID: str | None = None
+    GRPC_CLIENT_BEARER_TOKEN: SecretStr | None = None
+    # inside a handler: cap outgoing deadlines by the incoming call's, forward its correlation id
+    GRPC_CLIENT_PROPAGATE_DEADLINE: bool = True
+    GRPC_CLIENT_PROPAGATE_CORRELATION_ID: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientSettings:
+        if (self.GRPC_CLIENT_TLS_CERT_FILE is None) != (self.GRPC_CLIENT_TLS_KEY_FILE is None):
+            raise ValueError("GRPC_CLIENT_TLS_CERT_FILE and GRPC_CLIENT_TLS_KEY_FILE go together")
+        initial = self.GRPC_CLIENT_RETRY_INITIAL_BACKOFF_SECONDS
+        if self.GRPC_CLIENT_RETRY_MAX_BACKOFF_SECONDS < initial:
+            raise ValueError("GRPC_CLIENT_RETRY_MAX_BACKOFF_SECONDS < the initial backoff")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.GRPC_CLIENT_TLS or self.GRPC_CLIENT_TLS_CA_FILE is not None
+
+    @classmethod
+    def load(cls, **overrides: Any) -> ClientSettings:
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None

@@ -3,7 +3,16 @@
 # plugin: python-betterproto2
 # This file has been @generated
 
-__all__ = ("LlmRequest", "LlmResponse", "LlmServiceBase", "LlmServiceStub", "LlmStreamResponse")
+__all__ = (
+    "DslError",
+    "LlmRequest",
+    "LlmResponse",
+    "LlmServiceBase",
+    "LlmServiceStub",
+    "LlmStreamResponse",
+    "ValidateDslRequest",
+    "ValidateDslResponse",
+)
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +33,34 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class DslError(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return LLM_PROTO_DESCRIPTOR.message_types_by_name["DSLError"]
+
+    line: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    1-based
+    """
+
+    column: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    1-based
+    """
+
+    offset: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    0-based, in characters
+    """
+
+    message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("llm.v1", "DSLError", DslError)
 
 
 @dataclass(eq=False, repr=False)
@@ -93,6 +130,44 @@ class LlmStreamResponse(betterproto2.Message):
 default_message_pool.register_message("llm.v1", "LLMStreamResponse", LlmStreamResponse)
 
 
+@dataclass(eq=False, repr=False)
+class ValidateDslRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return LLM_PROTO_DESCRIPTOR.message_types_by_name["ValidateDSLRequest"]
+
+    expression: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("llm.v1", "ValidateDSLRequest", ValidateDslRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ValidateDslResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return LLM_PROTO_DESCRIPTOR.message_types_by_name["ValidateDSLResponse"]
+
+    valid: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    errors: "list[DslError]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    functions: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the functions the expression calls
+    """
+
+    fields: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the price fields it reads
+    """
+
+
+default_message_pool.register_message("llm.v1", "ValidateDSLResponse", ValidateDslResponse)
+
+
 class LlmServiceStub(betterproto2_grpclib.ServiceStub):
     async def analyze_text(
         self,
@@ -134,11 +209,32 @@ class LlmServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def validate_dsl(
+        self,
+        message: "ValidateDslRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ValidateDslResponse":
+        """
+        Parses a strategy rule expression; cached 10 min.
+        """
+
+        return await self._unary_unary(
+            "/llm.v1.LLMService/ValidateDSL",
+            message,
+            ValidateDslResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ...common import v1 as __common__v1__
 
 LLM_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\tllm.proto\x12\x06llm.v1\x1a\x0ccommon.proto"g\n\nLLMRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12-\n\x07options\x18\x03 \x01(\x0b2\x13.common.v1.MetadataR\x07options"\xcd\x02\n\x0bLLMResponse\x12)\n\x06status\x18\x01 \x01(\x0e2\x11.common.v1.StatusR\x06status\x12\x1a\n\x08analysis\x18\x02 \x01(\tR\x08analysis\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\x12=\n\x08entities\x18\x04 \x03(\x0b2!.llm.v1.LLMResponse.EntitiesEntryR\x08entities\x12/\n\x08metadata\x18\x05 \x01(\x0b2\x13.common.v1.MetadataR\x08metadata\x12*\n\x05error\x18\x06 \x01(\x0b2\x14.common.v1.ErrorInfoR\x05error\x1a;\n\rEntitiesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"J\n\x11LLMStreamResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1f\n\x0bis_complete\x18\x02 \x01(\x08R\nisComplete2\x8a\x01\n\nLLMService\x126\n\x0bAnalyzeText\x12\x12.llm.v1.LLMRequest\x1a\x13.llm.v1.LLMResponse\x12D\n\x11AnalyzeTextStream\x12\x12.llm.v1.LLMRequest\x1a\x19.llm.v1.LLMStreamResponse0\x01b\x06proto3'
+    b'\n\tllm.proto\x12\x06llm.v1\x1a\x0ccommon.proto"g\n\nLLMRequest\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12-\n\x07options\x18\x03 \x01(\x0b2\x13.common.v1.MetadataR\x07options"\xcd\x02\n\x0bLLMResponse\x12)\n\x06status\x18\x01 \x01(\x0e2\x11.common.v1.StatusR\x06status\x12\x1a\n\x08analysis\x18\x02 \x01(\tR\x08analysis\x12\x1e\n\nconfidence\x18\x03 \x01(\x02R\nconfidence\x12=\n\x08entities\x18\x04 \x03(\x0b2!.llm.v1.LLMResponse.EntitiesEntryR\x08entities\x12/\n\x08metadata\x18\x05 \x01(\x0b2\x13.common.v1.MetadataR\x08metadata\x12*\n\x05error\x18\x06 \x01(\x0b2\x14.common.v1.ErrorInfoR\x05error\x1a;\n\rEntitiesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"J\n\x11LLMStreamResponse\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x1f\n\x0bis_complete\x18\x02 \x01(\x08R\nisComplete"4\n\x12ValidateDSLRequest\x12\x1e\n\nexpression\x18\x01 \x01(\tR\nexpression"h\n\x08DSLError\x12\x12\n\x04line\x18\x01 \x01(\x05R\x04line\x12\x16\n\x06column\x18\x02 \x01(\x05R\x06column\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message"\x8b\x01\n\x13ValidateDSLResponse\x12\x14\n\x05valid\x18\x01 \x01(\x08R\x05valid\x12(\n\x06errors\x18\x02 \x03(\x0b2\x10.llm.v1.DSLErrorR\x06errors\x12\x1c\n\tfunctions\x18\x03 \x03(\tR\tfunctions\x12\x16\n\x06fields\x18\x04 \x03(\tR\x06fields2\xd2\x01\n\nLLMService\x126\n\x0bAnalyzeText\x12\x12.llm.v1.LLMRequest\x1a\x13.llm.v1.LLMResponse\x12D\n\x11AnalyzeTextStream\x12\x12.llm.v1.LLMRequest\x1a\x19.llm.v1.LLMStreamResponse0\x01\x12F\n\x0bValidateDSL\x12\x1a.llm.v1.ValidateDSLRequest\x1a\x1b.llm.v1.ValidateDSLResponseb\x06proto3'
 )
 
 
@@ -156,6 +252,13 @@ class LlmServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield LlmStreamResponse()
+
+    async def validate_dsl(self, message: "ValidateDslRequest") -> "ValidateDslResponse":
+        """
+        Parses a strategy rule expression; cached 10 min.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_analyze_text(
         self, stream: "grpclib.server.Stream[LlmRequest, LlmResponse]"
@@ -176,6 +279,14 @@ class LlmServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_validate_dsl(
+        self, stream: "grpclib.server.Stream[ValidateDslRequest, ValidateDslResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.validate_dsl(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/llm.v1.LLMService/AnalyzeText": grpclib.const.Handler(
@@ -189,5 +300,11 @@ class LlmServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 LlmRequest,
                 LlmStreamResponse,
+            ),
+            "/llm.v1.LLMService/ValidateDSL": grpclib.const.Handler(
+                self.__rpc_validate_dsl,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ValidateDslRequest,
+                ValidateDslResponse,
             ),
         }

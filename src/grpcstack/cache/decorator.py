@@ -13,7 +13,7 @@ are not cached.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from .grpc import GrpcCache
 
 F = TypeVar("F", bound=Callable[..., Any])
-KeyParts = Callable[[Any], Sequence[str]]
+#: ``(service, request) -> str``: the key material used instead of the whole request message
+KeyFn = Callable[[Any, Any], str]
 BINDING_ATTR = "_grpcstack_cache"
 
 
@@ -38,7 +39,7 @@ class CacheSpec:
     attr: str
     ttl: float | None
     tiers: tuple[str, ...] | None
-    key: KeyParts | None
+    key: KeyFn | None
     per_user: bool
 
 
@@ -54,13 +55,15 @@ def cached(
     ttl: float | None = None,
     *,
     tiers: Collection[str] | None = None,
-    key: KeyParts | None = None,
+    key: KeyFn | None = None,
     per_user: bool = False,
 ) -> Callable[[F], F]:
     """Cache a unary method's responses.
 
     ``ttl``: seconds (default GRPC_CACHE_DEFAULT_TTL); ``tiers``: e.g. ("l1", "l2");
-    ``key(message)``: extra key parts; ``per_user``: include the caller's user id.
+    ``key(service, request) -> str``: the key material instead of the whole request (e.g. one
+    field, so requests differing only in fields the answer ignores share an entry);
+    ``per_user``: include the caller's user id.
     """
 
     def decorate(func: F) -> F:
@@ -80,9 +83,13 @@ def cached(
                 if not user:
                     raise GRPCError(Status.UNAUTHENTICATED, "a per-user cached method needs a user")
                 extra.append(f"u={user}")
-            if spec.key is not None:
-                extra.extend(spec.key(message))
-            k = request_key(method, message, schema=cache.schema, extra=extra)
+            k = request_key(
+                method,
+                message,
+                schema=cache.schema,
+                extra=extra,
+                material=key_material(spec, self, message),
+            )
 
             async def load() -> bytes | None:
                 try:
@@ -113,6 +120,18 @@ def cached(
         return cached_call  # type: ignore[return-value]
 
     return decorate
+
+
+def key_material(spec: CacheSpec, service: Any, message: Any) -> str | None:
+    if spec.key is None:
+        return None
+    material = spec.key(service, message)
+    if not isinstance(material, str):
+        raise TypeError(
+            f"@cached(key=...) of {type(service).__name__}.{spec.attr} returned "
+            f"{type(material).__name__}, not str"
+        )
+    return material
 
 
 def encode(message: Any) -> bytes:

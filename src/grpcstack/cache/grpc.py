@@ -9,7 +9,7 @@ from betterproto2 import casing
 from grpclib.const import Cardinality
 from prometheus_client import CollectorRegistry
 
-from .decorator import BINDING_ATTR, Binding, cache_specs
+from .decorator import BINDING_ATTR, Binding, CacheSpec, cache_specs, key_material
 from .keys import method_prefix, request_key
 from .memory import LRUMemoryCache
 from .metrics import CacheMetrics
@@ -37,6 +37,8 @@ class GrpcCache:
         self.enabled = enabled
         #: messages of cached NOT_FOUND answers, replayed on negative hits (bounded)
         self.not_found: dict[str, str | None] = _BoundedDict(10_000)
+        #: /pkg.Svc/Method -> (service, spec) of every bound @cached method
+        self.served: dict[str, tuple[Any, CacheSpec]] = {}
 
     @classmethod
     def from_settings(
@@ -98,6 +100,7 @@ class GrpcCache:
                     f"@cached needs a unary method; {path} is {handler.cardinality.name}"
                 )
             methods[spec.attr] = (path, handler.reply_type)
+            self.served[path] = (service, spec)
         setattr(service, BINDING_ATTR, Binding(self, methods))
         return True
 
@@ -118,9 +121,10 @@ class GrpcCache:
         user_id: str | None = None,
     ) -> None:
         parts = ([f"u={user_id}"] if user_id else []) + (extra or [])
-        await self.tiered.delete(
-            request_key(method, message, schema=self.schema, extra=parts), method=method
-        )
+        bound = self.served.get(method)
+        material = key_material(bound[1], bound[0], message) if bound is not None else None
+        key = request_key(method, message, schema=self.schema, extra=parts, material=material)
+        await self.tiered.delete(key, method=method)
 
     async def invalidate_method(self, method: str) -> dict[str, int]:
         return await self.tiered.invalidate(

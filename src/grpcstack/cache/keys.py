@@ -68,7 +68,16 @@ def method_prefix(method: str, schema: str) -> str:
     return f"v{key_part(schema)}:{method.strip('/')}"
 
 
-def request_key(method: str, message: Any, *, schema: str = "1", extra: Sequence[str] = ()) -> str:
-    digest = hashlib.blake2b(canonical_bytes(message), digest_size=16).hexdigest()
+def request_key(
+    method: str,
+    message: Any,
+    *,
+    schema: str = "1",
+    extra: Sequence[str] = (),
+    material: str | None = None,
+) -> str:
+    """``material`` (from ``@cached(key=...)``) replaces the request's canonical bytes."""
+    raw = canonical_bytes(message) if material is None else b"k\0" + material.encode()
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     parts = [method_prefix(method, schema), *(key_part(p) for p in extra), digest]
     return ":".join(parts)

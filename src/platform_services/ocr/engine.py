@@ -1,36 +1,23 @@
-"""Tesseract through its command line: word boxes and confidences from its TSV output.
+"""What every OCR engine returns and shares: words with 4-point boxes, image checks, errors.
 
-The engine runs ``tesseract`` as a subprocess (never on the event loop thread), at most
-``max_concurrency`` at once, each bounded by ``timeout``.
+Two engines implement :class:`OcrEngine`: RapidOCR (the default; PaddleOCR's models on ONNX
+Runtime, shipped inside the ``rapidocr-onnxruntime`` wheel, so it works on a fresh machine) and
+Tesseract (``OCR_ENGINE=tesseract``; needs the system package and its language data).
 """
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import io
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 from PIL import Image
 
-# Request language names (the seed's "korean") to Tesseract codes.
-LANGUAGE_ALIASES = {
-    "korean": "kor+eng",
-    "ko": "kor",
-    "kor": "kor",
-    "english": "eng",
-    "en": "eng",
-    "eng": "eng",
-}
-_TESS_CODE = re.compile(r"^[a-z][a-z_]{1,15}$")
-INSTALL_HINT = "install Tesseract: apt-get install tesseract-ocr tesseract-ocr-kor"
+EngineName = Literal["rapidocr", "tesseract"]
 
 
 class EngineUnavailable(Exception):
-    """Tesseract (or a language's data) is not installed."""
+    """The engine (or a language's model) is not installed."""
 
 
 class ImageError(Exception):
@@ -39,28 +26,12 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Word:
+    """A recognised word or text line: Tesseract gives words, RapidOCR gives lines."""
+
     text: str
     confidence: float  # 0..1
-    left: int
-    top: int
-    width: int
-    height: int
-    line: tuple[int, int, int, int]  # page, block, paragraph, line
-
-    @property
-    def quad(self) -> list[float]:
-        """Clockwise from top left: x1, y1, x2, y2, x3, y3, x4, y4."""
-        right, bottom = self.left + self.width, self.top + self.height
-        return [
-            float(self.left),
-            float(self.top),
-            float(right),
-            float(self.top),
-            float(right),
-            float(bottom),
-            float(self.left),
-            float(bottom),
-        ]
+    quad: tuple[float, ...]  # clockwise from top left: x1, y1, x2, y2, x3, y3, x4, y4
+    line: int  # index of the text line the word belongs to
 
 
 @dataclass
@@ -71,51 +42,46 @@ class OcrResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_languages(language: str) -> str:
-    """'korean' -> 'kor+eng'; 'kor+eng' stays; raises ValueError for anything malformed."""
-    name = (language or "korean").strip().lower()
-    if name in LANGUAGE_ALIASES:
-        return LANGUAGE_ALIASES[name]
-    parts = name.split("+")
-    if not all(_TESS_CODE.match(p) for p in parts):
-        raise ValueError(f"language {language!r} is not a known name or Tesseract code")
-    return "+".join(LANGUAGE_ALIASES.get(p, p) for p in parts)
+class OcrEngine(Protocol):
+    name: str
+    version: str
+    timeout: float
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def unavailable_reason(self) -> str: ...
+
+    async def probe(self) -> None:
+        """Load the engine; stays unavailable (with a reason) when it cannot."""
+
+    def resolve_languages(self, language: str) -> str:
+        """The engine's code for a request's language; ValueError when malformed."""
+
+    def require(self, languages: str) -> None:
+        """EngineUnavailable unless the engine and the languages' models are there."""
+
+    async def recognize(
+        self, path: Path, *, languages: str, threshold: float, detect_orientation: bool
+    ) -> OcrResult: ...
 
 
-def parse_tsv(tsv: str) -> list[Word]:
-    words = []
-    for row in csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE):
-        if row.get("level") != "5":
-            continue
-        text = (row.get("text") or "").strip()
-        conf = float(row.get("conf") or -1)
-        if not text or conf < 0:
-            continue
-        words.append(
-            Word(
-                text=text,
-                confidence=min(conf / 100.0, 1.0),
-                left=int(row["left"]),
-                top=int(row["top"]),
-                width=int(row["width"]),
-                height=int(row["height"]),
-                line=(
-                    int(row["page_num"]),
-                    int(row["block_num"]),
-                    int(row["par_num"]),
-                    int(row["line_num"]),
-                ),
-            )
-        )
-    return words
+def rect_quad(left: float, top: float, width: float, height: float) -> tuple[float, ...]:
+    right, bottom = left + width, top + height
+    return (left, top, right, top, right, bottom, left, bottom)
 
 
 def join_text(words: list[Word]) -> str:
-    """Words of one Tesseract line joined by spaces, lines by newlines."""
-    lines: dict[tuple[int, int, int, int], list[str]] = {}
+    """Words of one line joined by spaces, lines by newlines."""
+    lines: dict[int, list[str]] = {}
     for word in words:
         lines.setdefault(word.line, []).append(word.text)
     return "\n".join(" ".join(ws) for ws in lines.values())
+
+
+def mean_confidence(words: list[Word]) -> float:
+    return sum(w.confidence for w in words) / len(words) if words else 0.0
 
 
 def check_image(path: Path, max_pixels: int) -> tuple[str, int, int]:
@@ -135,102 +101,27 @@ def check_image(path: Path, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-class TesseractEngine:
-    name = "tesseract"
+def build_engine(
+    name: EngineName,
+    *,
+    tesseract_cmd: str = "tesseract",
+    max_concurrency: int = 2,
+    timeout: float = 120.0,
+    max_pixels: int = 40_000_000,
+    rapidocr_threads: int = 1,
+) -> OcrEngine:
+    """The engine OCR_ENGINE names (imported only when chosen)."""
+    if name == "tesseract":
+        from .tesseract import TesseractEngine
 
-    def __init__(
-        self,
-        command: str = "tesseract",
-        *,
-        max_concurrency: int = 2,
-        timeout: float = 120.0,
-        max_pixels: int = 40_000_000,
-    ) -> None:
-        self.command = command
-        self.timeout = timeout
-        self.max_pixels = max_pixels
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self.version = ""
-        self.languages: frozenset[str] = frozenset()
-        self.path: str | None = None
-
-    @property
-    def available(self) -> bool:
-        return self.path is not None and bool(self.languages)
-
-    async def probe(self) -> None:
-        """Find the binary, its version and installed languages (stays unavailable on error)."""
-        self.path = shutil.which(self.command)
-        if self.path is None:
-            return
-        try:
-            out = await self._run(self.path, "--version")
-            self.version = out.splitlines()[0].replace("tesseract", "").strip() if out else ""
-            langs = await self._run(self.path, "--list-langs")
-            self.languages = frozenset(
-                line.strip() for line in langs.splitlines()[1:] if line.strip()
-            )
-        except (OSError, RuntimeError, TimeoutError):
-            self.path = None
-
-    def require(self, languages: str) -> None:
-        if not self.available:
-            raise EngineUnavailable(f"the OCR engine is not available: {INSTALL_HINT}")
-        missing = [code for code in languages.split("+") if code not in self.languages]
-        if missing:
-            raise EngineUnavailable(
-                f"Tesseract language data not installed: {', '.join(missing)} "
-                f"(apt-get install {' '.join('tesseract-ocr-' + m for m in missing)})"
-            )
-
-    async def recognize(
-        self, path: Path, *, languages: str, threshold: float, detect_orientation: bool
-    ) -> OcrResult:
-        self.require(languages)
-        fmt, width, height = await asyncio.to_thread(check_image, path, self.max_pixels)
-        # psm 1 = automatic segmentation with orientation and script detection (the seed's
-        # use_angle_cls); psm 3 = automatic segmentation without it.
-        psm = "1" if detect_orientation else "3"
-        assert self.path is not None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        tsv = await self._run(self.path, str(path), "stdout", "-l", languages, "--psm", psm, "tsv")
-        elapsed_ms = (loop.time() - started) * 1000
-        words = [w for w in parse_tsv(tsv) if w.confidence >= threshold]
-        confidence = sum(w.confidence for w in words) / len(words) if words else 0.0
-        return OcrResult(
-            text=join_text(words),
-            confidence=confidence,
-            words=words,
-            metadata={
-                "engine": self.name,
-                "engine_version": self.version,
-                "language": languages,
-                "psm": psm,
-                "image_format": fmt,
-                "image_size": f"{width}x{height}",
-                "processing_ms": f"{elapsed_ms:.1f}",
-            },
+        return TesseractEngine(
+            tesseract_cmd, max_concurrency=max_concurrency, timeout=timeout, max_pixels=max_pixels
         )
+    from .rapid import RapidOcrEngine
 
-    async def _run(self, *argv: str) -> str:
-        async with self._slots:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"},
-            )
-            try:
-                async with asyncio.timeout(self.timeout):
-                    out, err = await proc.communicate()
-            except BaseException:  # timeout or the caller's cancellation: never leak the child
-                proc.kill()
-                await proc.wait()
-                raise
-        if proc.returncode != 0:
-            detail = err.decode(errors="replace").strip().splitlines()
-            raise RuntimeError(
-                f"tesseract exited {proc.returncode}: {detail[-1] if detail else ''}"
-            )
-        return out.decode(errors="replace")
+    return RapidOcrEngine(
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        max_pixels=max_pixels,
+        threads=rapidocr_threads,
+    )

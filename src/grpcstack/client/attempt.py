@@ -1,0 +1,256 @@
+"""One attempt of a call: one HTTP/2 stream on one connection.
+
+Sends the request headers and the first message in one transport write, enforces the maximum
+receive length on the 5-byte message prefix (before the message is buffered), speaks gzip, and
+reports every way an attempt can end as an :class:`AttemptError` carrying the status, the
+trailers (for server pushback) and whether the server never saw the stream (refused: safe to
+retry transparently).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from grpclib.const import Status
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import decode_bin_value, decode_grpc_message, decode_metadata
+from h2.exceptions import H2Error
+
+from .._compat import H2Stream, Wrapper, is_refused, open_stream, wait_for_stream_slot
+from ..compression import GZIP, Corrupt, TooLarge, gzip_decompress
+
+if TYPE_CHECKING:
+    from grpclib.metadata import _Metadata
+
+    from .._compat import ClientProtocol
+
+_PREFIX = struct.Struct(">?I")
+_H2_TO_GRPC = {
+    "400": Status.INTERNAL,
+    "401": Status.UNAUTHENTICATED,
+    "403": Status.PERMISSION_DENIED,
+    "404": Status.UNIMPLEMENTED,
+    "502": Status.UNAVAILABLE,
+    "503": Status.UNAVAILABLE,
+    "504": Status.UNAVAILABLE,
+}
+
+
+class AttemptError(Exception):
+    """How an attempt ended when not OK."""
+
+    def __init__(
+        self,
+        status: Status,
+        message: str | None,
+        *,
+        details: Any = None,
+        trailers: _Metadata | None = None,
+        refused: bool = False,
+        sent: bool = True,
+        raw: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.trailers = trailers
+        #: the server never processed the stream (REFUSED_STREAM, over a GOAWAY's last id)
+        self.refused = refused
+        #: False when nothing left the client (no connection)
+        self.sent = sent
+        #: every trailer as received, grpc-* included (grpc-retry-pushback-ms)
+        self.raw = raw
+
+
+def frame(data: bytes, compressed: bool = False) -> bytes:
+    return _PREFIX.pack(compressed, len(data)) + data
+
+
+class Attempt:
+    __slots__ = (
+        "codec",
+        "details_codec",
+        "encoding",
+        "headers_done",
+        "initial_metadata",
+        "max_receive",
+        "release",
+        "reply_type",
+        "stream",
+        "trailers_only",
+        "trailing_metadata",
+        "wrapper",
+    )
+
+    def __init__(self, codec: Any, details_codec: Any, reply_type: type, max_receive: int) -> None:
+        self.codec = codec
+        self.details_codec = details_codec
+        self.reply_type = reply_type
+        self.max_receive = max_receive
+        self.wrapper = Wrapper()
+        self.stream: H2Stream | None = None
+        self.release: Any = None
+        self.headers_done = False
+        self.trailers_only = False
+        self.encoding: str | None = None
+        self.initial_metadata: _Metadata | None = None
+        self.trailing_metadata: _Metadata | None = None
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def open(
+        self,
+        protocol: ClientProtocol,
+        headers: list[tuple[str, str]],
+        data: bytes | None,
+        end: bool,
+    ) -> None:
+        with self.wrapper:
+            while (opened := open_stream(protocol, self.wrapper, headers, data, end)) is None:
+                await wait_for_stream_slot(protocol)
+            self.stream, self.release = opened
+            pending = getattr(self.stream, "_grpcstack_pending", None)
+            if pending is not None:  # the first message did not fit the windows
+                await self.stream.send_data(pending, end_stream=end)
+
+    async def send(self, data: bytes, end: bool) -> None:
+        assert self.stream is not None
+        with self.wrapper:
+            await self.stream.send_data(data, end_stream=end)
+
+    async def end(self) -> None:
+        assert self.stream is not None
+        with self.wrapper:
+            await self.stream.end()
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def _status(self, headers: dict[str, str]) -> tuple[Status, str | None, Any]:
+        raw = headers.get("grpc-status")
+        if raw is None:
+            return Status.UNKNOWN, "Missing grpc-status header", None
+        try:
+            status = Status(int(raw))
+        except ValueError:
+            return Status.UNKNOWN, f"Invalid grpc-status: {raw!r}", None
+        if status is Status.OK:
+            return status, None, None
+        message = headers.get("grpc-message")
+        if message is not None:
+            message = decode_grpc_message(message)
+        details = None
+        details_bin = headers.get("grpc-status-details-bin")
+        if details_bin is not None and self.details_codec is not None:
+            try:
+                details = self.details_codec.decode(
+                    status, message, decode_bin_value(details_bin.encode("ascii"))
+                )
+            except Exception:  # undecodable details must not hide the status
+                details = None
+        return status, message, details
+
+    async def recv_headers(self) -> None:
+        assert self.stream is not None
+        with self.wrapper:
+            headers = await self.stream.recv_headers()
+        self.headers_done = True
+        headers_map = dict(headers)
+        http_status = headers_map.get(":status")
+        if http_status != "200":
+            status = _H2_TO_GRPC.get(str(http_status), Status.UNKNOWN)
+            raise AttemptError(status, f"Received :status = {http_status!r}")
+        content_type = headers_map.get("content-type")
+        if content_type is None or content_type.partition("+")[0] != GRPC_CONTENT_TYPE:
+            raise AttemptError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
+        self.encoding = headers_map.get("grpc-encoding")
+        if "grpc-status" in headers_map:  # trailers-only
+            self.trailers_only = True
+            metadata = decode_metadata(headers)
+            self.initial_metadata = metadata.__class__()
+            self.trailing_metadata = metadata
+            status, message, details = self._status(headers_map)
+            if status is not Status.OK:
+                raise AttemptError(
+                    status, message, details=details, trailers=metadata, raw=headers_map
+                )
+        else:
+            self.initial_metadata = decode_metadata(headers)
+
+    async def recv_message(self) -> Any:
+        """The next message, or None after OK trailers; AttemptError otherwise."""
+        if not self.headers_done:
+            await self.recv_headers()
+        if self.trailers_only:
+            return None
+        stream = self.stream
+        assert stream is not None
+        with self.wrapper:
+            meta = await stream.recv_data(5)
+            if not meta:
+                await self._recv_trailers()
+                return None
+            compressed, length = _PREFIX.unpack(meta)
+            if length > self.max_receive:
+                raise AttemptError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"Received message larger than max ({length} vs. {self.max_receive})",
+                )
+            data = await stream.recv_data(length)
+        if compressed:
+            if self.encoding != GZIP:
+                raise AttemptError(Status.INTERNAL, "Compressed message without grpc-encoding")
+            try:
+                data = gzip_decompress(data, self.max_receive)
+            except TooLarge as exc:
+                raise AttemptError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+            except Corrupt as exc:
+                raise AttemptError(Status.INTERNAL, f"Invalid gzip message: {exc}") from None
+        try:
+            return self.codec.decode(data, self.reply_type)
+        except Exception as exc:
+            raise AttemptError(Status.INTERNAL, f"Could not decode response: {exc}") from None
+
+    async def _recv_trailers(self) -> None:
+        assert self.stream is not None
+        trailers = await self.stream.recv_trailers()
+        self.trailing_metadata = decode_metadata(trailers)
+        raw = dict(trailers)
+        status, message, details = self._status(raw)
+        if status is not Status.OK:
+            raise AttemptError(
+                status, message, details=details, trailers=self.trailing_metadata, raw=raw
+            )
+
+    # --- ending -------------------------------------------------------------------------
+
+    def error_from(self, exc: BaseException) -> AttemptError:
+        """Classify an exception raised by this attempt's stream."""
+        if isinstance(exc, AttemptError):
+            return exc
+        if isinstance(exc, GRPCError):
+            return AttemptError(exc.status, exc.message, details=exc.details)
+        refused = self.stream is not None and is_refused(self.stream)
+        if refused:
+            return AttemptError(Status.UNAVAILABLE, "Stream refused by the server", refused=True)
+        if isinstance(exc, StreamTerminatedError):
+            return AttemptError(Status.UNAVAILABLE, f"Connection lost: {exc}")
+        if isinstance(exc, (H2Error, ConnectionError, OSError)):
+            return AttemptError(Status.UNAVAILABLE, f"Connection failed: {exc}")
+        raise exc
+
+    def close(self) -> None:
+        """Reset the stream if it is still open, and release it."""
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            if stream.closable:
+                stream.reset_nowait()
+        except Exception:  # a broken connection cannot take a RST_STREAM
+            pass
+        release, self.release = self.release, None
+        if release is not None:
+            release()

@@ -1,0 +1,121 @@
+"""An embedded MongoDB wire server for `make run` when MONGO_URL is unset.
+
+It runs SecantusDB's ``secantusd-py`` (PyPI ``secantusdb``, installed by the ``platform`` extra)
+as a child process on 127.0.0.1 and a free port, with its storage in a directory (or
+``:memory:``). The platform starts it before its resources open and stops it after they closed.
+Set MONGO_URL to use a real MongoDB instead; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+log = logging.getLogger("platform_services.embedded_mongo")
+
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+class EmbeddedMongoError(RuntimeError):
+    """secantusd-py is missing or did not start."""
+
+
+def find_binary() -> str:
+    beside_python = Path(sys.executable).parent / "secantusd-py"
+    found = shutil.which("secantusd-py") or (str(beside_python) if beside_python.exists() else None)
+    if found is None:
+        raise EmbeddedMongoError(
+            "MONGO_URL is unset and secantusd-py is not installed: pip install -e '.[platform]' "
+            "(or make setup), or point MONGO_URL at a MongoDB server"
+        )
+    return found
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedMongo:
+    def __init__(self, storage: str, *, database: str = "platform", log_file: Path | None = None):
+        self.storage = storage
+        self.database = database
+        self.log_file = log_file
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/{self.database}"
+
+    async def start(self) -> str:
+        binary = find_binary()
+        if self.storage != ":memory:":
+            Path(self.storage).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
+        # secantusd cannot take a bound socket: pick a port, and retry if another process took it
+        for _attempt in range(3):
+            self.port = _free_port(self.host)
+            out: int | object = asyncio.subprocess.DEVNULL
+            if self.log_file is not None:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                out = self.log_file.open("ab")
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    binary,
+                    *("--host", self.host, "--port", str(self.port)),
+                    *("--storage-path", self.storage, "--log-level", "WARNING"),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                )
+            finally:
+                if hasattr(out, "close"):
+                    out.close()
+            if await self._wait_ready():
+                log.info("embedded MongoDB (secantusd) on %s, storage %s", self.url, self.storage)
+                return self.url
+            await self.stop()
+        raise EmbeddedMongoError(
+            f"secantusd-py did not start (see {self.log_file or 'its output'})"
+        )
+
+    async def _wait_ready(self) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_SECONDS
+        assert self.proc is not None
+        while loop.time() < deadline:
+            if self.proc.returncode is not None:
+                return False
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+        return False
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        if self.storage == ":memory:":
+            proc.kill()  # nothing to flush: do not wait for a clean shutdown
+        else:
+            proc.terminate()  # WiredTiger closes its files cleanly on SIGTERM
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

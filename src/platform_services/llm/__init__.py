@@ -1,0 +1,1 @@
+"""LLM service (seed 001): text analysis behind an engine interface, and ValidateDSL."""
