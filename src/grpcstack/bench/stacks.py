@@ -1,0 +1,177 @@
+"""`grpcstack bench stacks`: server against server on a trivial unary echo.
+
+Four servers, each its own process pinned to core 0, all answering /echo.v1.EchoService/Echo:
+grpcstack with the full default chain, grpcstack with every middleware off, grpc.aio with no
+interceptor, and seed 000's design on grpc.aio (its six interceptors, its rate limiter on a real
+redis-server), all on uvloop. h2load, pinned to core 1, drives them in interleaved rounds:
+throughput at 100 in flight (one connection) and sequential latency (one call at a time, p50
+from h2load's per-request log). Every h2load run must report all requests succeeded (HTTP 200),
+and at the end every server's handler count must equal the requests sent to it (each server
+writes it on stop); the full chain's Prometheus OK count is checked too. Medians are reported,
+with per-round ratios against grpc.aio bare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .middleware import SWITCHES, _ok_count
+from .process import H2Load, ServerProcess, free_port, probe, read_count, redis_server
+from .report import Row, Table, median, percentile
+
+METHOD = "/echo.v1.EchoService/Echo"
+REQUEST = bytes.fromhex("0a0568656c6c6f")  # EchoRequest(message="hello")
+ECHO_SERVER = "platform_services.bench_peers:CountingEchoServer"
+ECHO_HANDLERS = "platform_services.bench_peers:echo_handlers"
+FULL, BARE, AIO, SEED = "grpcstack full", "grpcstack bare", "grpc.aio bare", "seed on grpcio"
+
+
+@dataclass
+class Options:
+    rounds: int = 3
+    requests: int = 20_000  # per throughput run
+    sequential: int = 1_000  # per sequential run
+    streams: int = 100
+    redis_ratelimit: bool = False  # grpcstack's rate limiter on Redis too (the seed's always is)
+
+
+def _servers(tmp: Path, redis_url: str, metrics_port: int, opts: Options) -> list[ServerProcess]:
+    counts = {name: str(tmp / f"{i}.count") for i, name in enumerate((FULL, BARE, AIO, SEED))}
+    full_env = {k: "true" for k in SWITCHES} | {
+        "GRPC_RATE_LIMIT_MAX_REQUESTS": str(10**9),
+        "GRPC_METRICS_PORT": str(metrics_port),
+        "GRPC_CACHE_ENABLED": "false",
+    }
+    if opts.redis_ratelimit:
+        full_env["REDIS_URL"] = redis_url
+    peer = [sys.executable, "-m", "grpcstack.bench.grpcio_peer", "--handlers", ECHO_HANDLERS]
+    peer += ["--port", "{port}", "--uvloop"]
+    return [
+        ServerProcess(FULL, ECHO_SERVER, full_env | {"BENCH_COUNT_FILE": counts[FULL]}),
+        ServerProcess(
+            BARE,
+            ECHO_SERVER,
+            {k: "false" for k in SWITCHES}
+            | {"GRPC_CACHE_ENABLED": "false", "BENCH_COUNT_FILE": counts[BARE]},
+        ),
+        ServerProcess(AIO, "", {"BENCH_COUNT_FILE": counts[AIO]}, argv=[*peer, "--design", "bare"]),
+        ServerProcess(
+            SEED,
+            "",
+            {"BENCH_COUNT_FILE": counts[SEED], "REDIS_URL": redis_url},
+            argv=[*peer, "--design", "seed"],
+        ),
+    ]
+
+
+def run(opts: Options) -> tuple[Table, dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="grpcstack-stacks-"))
+    metrics_port = free_port()
+    redis = redis_server()
+    headers = {"user-id": "bench"}
+    loaded = H2Load(METHOD, REQUEST, headers, 1, opts.streams)
+    one = H2Load(METHOD, REQUEST, headers, 1, 1)
+    servers: list[ServerProcess] = []
+    sent: dict[str, int] = {}
+    rps: dict[str, list[float]] = {}
+    p50: dict[str, list[float]] = {}
+    p99: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    try:
+        redis.start()
+        servers = _servers(tmp, f"redis://127.0.0.1:{redis.port}", metrics_port, opts)
+        for s in servers:
+            s.start()
+            asyncio.run(probe(s.port, METHOD, REQUEST, headers))
+            loaded.run(s.port, 1000)  # warm up
+            sent[s.name] = 1001
+        for _ in range(opts.rounds):
+            round_rps: dict[str, float] = {}
+            for s in servers:
+                r = loaded.run(s.port, opts.requests)
+                _check(s.name, r, opts.requests)
+                round_rps[s.name] = r["rps"]
+                rps.setdefault(s.name, []).append(r["rps"])
+                lat: list[float] = []
+                r = one.run(s.port, opts.sequential, latencies=lat)
+                _check(s.name, r, opts.sequential)
+                p50.setdefault(s.name, []).append(percentile(lat, 50))
+                p99.setdefault(s.name, []).append(percentile(lat, 99))
+                sent[s.name] += opts.requests + opts.sequential
+            for name, value in round_rps.items():
+                ratios.setdefault(name, []).append(value / round_rps[AIO])
+        full_ok = _ok_count(metrics_port, METHOD)
+    finally:
+        for s in servers:
+            s.stop()
+        redis.stop()
+        loaded.close()
+        one.close()
+    counted = {s.name: read_count(tmp / f"{i}.count") for i, s in enumerate(servers)}
+    for name, n in counted.items():
+        if n != sent[name]:
+            raise RuntimeError(f"{name}: handler answered {n} calls of {sent[name]} sent")
+    if full_ok != sent[FULL]:
+        raise RuntimeError(f"{FULL}: Prometheus counted {full_ok} OK of {sent[FULL]} sent")
+    return _table(opts, rps, p50, p99, ratios, sent), {
+        "rounds": {"rps": rps, "p50_ms": p50, "p99_ms": p99, "ratio_vs_aio": ratios},
+        "verified_ok_calls": sent,
+    }
+
+
+def _check(name: str, result: dict[str, float], requests: int) -> None:
+    if result["succeeded"] != requests:
+        raise RuntimeError(f"{name}: only {result['succeeded']:.0f} of {requests} succeeded")
+
+
+def _table(
+    opts: Options,
+    rps: dict[str, list[float]],
+    p50: dict[str, list[float]],
+    p99: dict[str, list[float]],
+    ratios: dict[str, list[float]],
+    sent: dict[str, int],
+) -> Table:
+    cols = [FULL, BARE, AIO, SEED]
+    t = Table("Servers side by side: trivial unary echo, server on core 0, h2load on core 1", cols)
+    t.add(
+        Row(
+            f"throughput, {opts.streams} in flight",
+            "req/s",
+            {c: median(rps[c]) for c in cols},
+            lower_is_better=False,
+        )
+    )
+    t.add(Row("sequential p50", "ms", {c: median(p50[c]) for c in cols}))
+    t.add(Row("sequential p99", "ms", {c: median(p99[c]) for c in cols}))
+    t.add(
+        Row(
+            "throughput / grpc.aio bare (median of rounds)",
+            "x",
+            {c: median(ratios[c]) for c in cols},
+            lower_is_better=False,
+        )
+    )
+    t.add(Row("OK calls verified", "calls", {c: float(sent[c]) for c in cols}))
+    full_vs_aio = median(ratios[FULL])
+    full_vs_seed = median([a / b for a, b in zip(rps[FULL], rps[SEED], strict=True)])
+    p50_ratio = median([a / b for a, b in zip(p50[FULL], p50[AIO], strict=True)])
+    t.target("full chain / grpc.aio bare throughput", full_vs_aio, ">= 1.5", full_vs_aio >= 1.5)
+    t.target("full chain / seed design throughput", full_vs_seed, ">= 2", full_vs_seed >= 2)
+    t.target("full chain / grpc.aio bare sequential p50", p50_ratio, "<= 1.1", p50_ratio <= 1.1)
+    t.notes += [
+        f"{opts.rounds} interleaved rounds of {opts.requests} requests at {opts.streams} in flight "
+        f"(one connection) and {opts.sequential} sequential; medians. All servers on uvloop.",
+        "The seed publishes no server-vs-server numbers, so this table has no seed column values.",
+        "grpcstack full: the default six middlewares, rate limit "
+        + ("on Redis" if opts.redis_ratelimit else "in process (no REDIS_URL)")
+        + "; seed on grpcio: its six interceptors, rate limit INCR+EXPIRE on redis-server.",
+        "OK calls: every h2load run reported all requests 200, and each server's handler count "
+        "(and the full chain's grpc_server_handled_total OK) equals the requests sent.",
+    ]
+    return t
