@@ -66,6 +66,7 @@ def machine() -> dict[str, Any]:
     import os
 
     return {
+        "load_average": os.getloadavg(),
         "cpu": model or platform.processor(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -113,6 +114,7 @@ def markdown(table: Table, charts: list[str], command: str, meta: dict[str, Any]
     lines.append(
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
         f"Python {m.get('python', '?')}, "
+        f"load average {m.get('load_average', ['?'])[0]:.1f} at the end, "
         f"{meta.get('when', '')}. Cells read `ours (seed <the seed's number>)`."
     )
     lines += ["", "| metric | " + " | ".join(table.columns) + " |"]
