@@ -1,8 +1,8 @@
 """What `grpcstack bench seed000|stacks` serve: the same services on grpcstack and on grpcio.
 
-* ``CountingEchoServer`` / ``StrategyBenchServer``: grpcstack servers (the full default chain
-  unless GRPC_ENABLE_* say otherwise) that write how many calls their handler answered to
-  BENCH_COUNT_FILE when they stop, so the bench verifies its OK counts.
+* ``CountingEchoServer``: grpcstack's echo server, writing how many calls its handler answered
+  to BENCH_COUNT_FILE when it stops, so the bench verifies its OK counts.
+* ``StrategyBenchServer``: grpcstack serving the strategy service alone.
 * ``echo_handlers`` / ``strategy_handlers``: the same two methods as grpcio generic handlers with
   protobuf (upb) messages built from the same descriptors, for the grpc.aio peers in
   ``grpcstack.bench.grpcio_peer`` (the seed's design, or grpc.aio bare).
@@ -37,27 +37,18 @@ class CountingEchoServer(EchoServer):
         _write_count(self.echo.finished)
 
 
-class _CountingStrategy(StrategyService):
-    answered = 0
-
-    async def get_strategy_version(self, message: GetStrategyVersionRequest) -> StrategyVersion:
-        reply = await super().get_strategy_version(message)
-        _CountingStrategy.answered += 1
-        return reply
-
-
 class StrategyBenchServer(AsyncBaseServer):
-    """The strategy service alone on MONGO_URL (cache per GRPC_CACHE_ENABLED / REDIS_URL)."""
+    """The strategy service alone on MONGO_URL (cache per GRPC_CACHE_ENABLED / REDIS_URL).
+
+    Its OK count is the full chain's Prometheus ``grpc_server_handled_total`` (a subclass
+    counting in the handler would hide the @cached method from the cache's binding)."""
 
     async def before_start(self) -> None:
-        self.strategy = _CountingStrategy(self.resources.mongo_db())
+        self.strategy = StrategyService(self.resources.mongo_db())
 
     def services(self) -> list[Any]:
         self.strategy.cache = self.cache
         return [self.strategy]
-
-    async def after_stop(self) -> None:
-        _write_count(_CountingStrategy.answered)
 
 
 # --- grpcio side -----------------------------------------------------------------------------
