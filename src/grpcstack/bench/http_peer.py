@@ -20,15 +20,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+
+class OcrRequestBody(BaseModel):
+    """The JSON body seed 001's worker posts."""
+
+    public_image_path: str = ""
+    private_image_path: str = ""
+    language: str = "en"
+
 
 def build_app(engine: Any, data_root: Path) -> Any:
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel
-
-    class OcrRequestBody(BaseModel):
-        public_image_path: str = ""
-        private_image_path: str = ""
-        language: str = "en"
 
     root = data_root.resolve()
 
@@ -68,9 +72,10 @@ def build_app(engine: Any, data_root: Path) -> Any:
 
 
 class _HttpCaller:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pooled: Any = None) -> None:
         self.url = f"http://127.0.0.1:{port}/ocr/extract"
         self.images = os.environ["BENCH_OCR_IMAGES"].split(",")
+        self.pooled = pooled
         self.last_request = b""
         self.last_response = b""
 
@@ -79,10 +84,14 @@ class _HttpCaller:
 
         image = self.images[i % len(self.images)]
         body = {"public_image_path": image, "private_image_path": image, "language": "en"}
-        # as seed 001's OCRStage._execute_http: a client per call
-        async with httpx.AsyncClient(timeout=300.0) as client:
-            response = await client.post(self.url, json=body)
+        if self.pooled is not None:
+            response = await self.pooled.post(self.url, json=body)
             response.raise_for_status()
+        else:
+            # as seed 001's OCRStage._execute_http: a client per call
+            async with httpx.AsyncClient(timeout=300.0) as client:
+                response = await client.post(self.url, json=body)
+                response.raise_for_status()
         data = response.json()
         self.last_request = response.request.content
         self.last_response = response.content
@@ -94,7 +103,17 @@ class _HttpCaller:
 
 @asynccontextmanager
 async def http_caller(port: int) -> AsyncIterator[_HttpCaller]:
+    """The seed's call: a new httpx.AsyncClient (connection, pool) per call."""
     yield _HttpCaller(port)
+
+
+@asynccontextmanager
+async def pooled_http_caller(port: int) -> AsyncIterator[_HttpCaller]:
+    """The fair HTTP/JSON call: one httpx.AsyncClient (keep-alive pool) for the whole run."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=300.0) as client:
+        yield _HttpCaller(port, client)
 
 
 def main() -> None:

@@ -34,7 +34,11 @@ def add_parsers(modes: Any) -> None:
             p.add_argument("--requests", type=int, help="per column (default 1000, the seed's)")
             p.add_argument("--concurrency", type=int, default=10, help="clients (the seed's 10)")
         if name == "seed001":
-            p.add_argument("--requests", type=int, help="calls per column (default 100)")
+            p.add_argument(
+                "--requests",
+                type=int,
+                help="calls per column, canned engine (default 200; RapidOCR runs 1/25)",
+            )
             p.add_argument("--concurrency", type=int, default=4, help="callers in flight")
 
 
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             tables, extra = seed001.run(
                 seed001.Options(
                     rounds=rounds,
-                    requests=args.requests or (20 if quick else 100),
+                    requests=args.requests or (40 if quick else 200),
                     concurrency=args.concurrency,
                     quick=quick,
                 )
