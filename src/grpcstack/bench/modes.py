@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             tables, extra = seed001.run(
                 seed001.Options(
                     rounds=rounds,
-                    requests=args.requests or (40 if quick else 200),
+                    requests=args.requests or (20 if quick else 200),
                     concurrency=args.concurrency,
                     quick=quick,
                 )

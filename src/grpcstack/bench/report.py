@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import statistics
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,10 @@ def _charts(table: Table, out: Path, name: str) -> list[str]:
         ax.set_xticks([j + width * (len(latency) - 1) / 2 for j in range(len(table.columns))])
         ax.set_xticklabels(table.columns, fontsize=8)
         ax.set_ylabel("ms")
-        ax.set_title(f"{table.title}: latency (black dash = the seed's number)", fontsize=9)
+        ax.set_title(
+            textwrap.fill(f"{table.title}: latency (black dash = the seed's number)", 90),
+            fontsize=8,
+        )
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{name}-latency.png"
@@ -180,7 +184,7 @@ def _charts(table: Table, out: Path, name: str) -> list[str]:
         ax.set_xticks(xs)
         ax.set_xticklabels(table.columns, fontsize=8)
         ax.set_ylabel("req/s")
-        ax.set_title(f"{table.title}: {r.metric}", fontsize=9)
+        ax.set_title(textwrap.fill(f"{table.title}: {r.metric}", 90), fontsize=8)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{name}-throughput.png"

@@ -158,7 +158,9 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
             repeat = [c in first_seen or first_seen.add(c) for c in calls]  # type: ignore[func-returns-value]
             for s in servers:
                 counts0 = _cache_counts(metrics[CACHE]) if s.name == CACHE else None
+                cpu0 = s.cpu_seconds()
                 result = _load(s.port, calls, opts.concurrency, tmp)
+                cpu_ms = 1000 * (s.cpu_seconds() - cpu0) / len(calls)
                 sent[s.name] += len(calls)
                 lat = result["latencies_ms"]
                 ok = result["statuses"].get("OK", 0)
@@ -168,6 +170,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     "p99": percentile(lat, 99),
                     "error_rate": 100 * (len(calls) - ok) / len(calls),
                     "rps": len(calls) / result["wall_s"],
+                    "cpu_ms": cpu_ms,
                     "statuses": result["statuses"],
                     **{f"rss_{k}": v for k, v in s.rss_mb().items()},
                 }
@@ -231,6 +234,7 @@ def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int
         )
     )
     t.add(Row("cache-hit P99 (repeat keys)", "ms", {CACHE: med(CACHE, "hit_p99")}))
+    t.add(Row("server CPU per call", "ms", {c: med(c, "cpu_ms") for c in cols}))
     t.add(
         Row(
             "memory (server RSS)",

@@ -211,8 +211,8 @@ def _table(
         "bodies only (JSON bytes; protobuf bytes + 5-byte gRPC prefix), headers excluded.",
         "grpcstack: default chain but auth (the seed's worker call carries no user), "
         "response cache off (GRPC_CACHE_ENABLED=false) so the "
-        "engine runs on every call, as on HTTP. The stack's HTTP/JSON mode is not in this "
-        "branch yet: no third column.",
+        "engine runs on every call, as on HTTP. The stack's own HTTP/JSON mode (its own issue) is "
+        "not in this branch yet: no column for it.",
     ]
     if not show_seed:
         t.notes.append("The seed's numbers are for its real engine: see the RapidOCR table.")
