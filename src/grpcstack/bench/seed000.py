@@ -234,7 +234,7 @@ def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int
         )
     )
     t.add(Row("cache-hit P99 (repeat keys)", "ms", {CACHE: med(CACHE, "hit_p99")}))
-    t.add(Row("server CPU per call", "ms", {c: med(c, "cpu_ms") for c in cols}))
+    t.add(Row("server CPU per call", "CPU ms", {c: med(c, "cpu_ms") for c in cols}))
     t.add(
         Row(
             "memory (server RSS)",

@@ -198,7 +198,7 @@ def _table(
     t.add(
         Row("server CPU", "%", {c: med(c, "cpu") for c in cols}, seed("cpu") if show_seed else {})
     )
-    t.add(Row("server CPU per call", "ms", {c: med(c, "cpu_ms") for c in cols}))
+    t.add(Row("server CPU per call", "CPU ms", {c: med(c, "cpu_ms") for c in cols}))
     for base, label in ((HTTP, "seed's HTTP"), (POOLED, "pooled HTTP")):
         for key, what in (("mean", "mean latency"), ("kb", "payload"), ("cpu_ms", "CPU per call")):
             ratio = med(GRPC, key) / med(base, key)
