@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-setup bench-seed000 bench-seed001 bench-stacks
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood interop-server bench-client bench-setup bench-seed000 bench-seed001 bench-stacks
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec bench-flood bench-stacks bench-seed000 bench-seed001
+bench: bench-middleware bench-cache bench-codec bench-flood bench-client bench-stacks bench-seed000 bench-seed001
 
 # the seed tables and server-vs-server: peer baselines (grpcio, FastAPI) and charts need the bench
 # extra, load needs h2load (Debian nghttp2-client); results go to docs/bench/<mode>/ (README links them)
@@ -76,6 +76,11 @@ bench-cache: $(STAMP)
 
 bench-middleware: $(STAMP)
 	$(BIN)/grpcstack bench middleware --target platform_services.echo:EchoServer \
+		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
+
+# grpcstack Client vs grpcio's asyncio client vs a plain grpclib Channel, one server
+bench-client: $(STAMP)
+	$(BIN)/grpcstack bench client --target platform_services.echo:EchoServer \
 		--method /echo.v1.EchoService/Echo --request-hex $(ECHO_REQUEST)
 
 lint: $(STAMP)

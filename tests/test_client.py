@@ -253,3 +253,18 @@ async def test_cancelled_call_resets_the_stream_and_reports_cancelled() -> None:
             assert done[0].status is Status.CANCELLED
             # the connection is still fine
             assert (await client.stub(EchoServiceStub).echo(EchoRequest(message="b"))).message
+
+
+async def test_readme_client_example_runs_as_written() -> None:
+    import re
+    import types
+
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Client\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code
+    module = types.ModuleType("readme_client")
+    exec(compile(code.group(1), "README.md#client", "exec"), module.__dict__)
+    async with running(EchoServer(settings(GRPC_ENABLE_AUTH=True))) as server:
+        assert await module.main(f"127.0.0.1:{server.port}") == "hi"

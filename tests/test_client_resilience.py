@@ -264,7 +264,12 @@ async def test_round_robin_across_two_servers_with_one_killed() -> None:
         calls = Calls()
         async with Client(
             [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"],
-            settings=client_settings(GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS=0),
+            settings=client_settings(
+                GRPC_CLIENT_RETRY_THROTTLE_MAX_TOKENS=0,
+                # the dead target is tried again only after this (not within the test)
+                GRPC_CLIENT_RECONNECT_INITIAL_SECONDS=60,
+                GRPC_CLIENT_RECONNECT_MAX_SECONDS=60,
+            ),
             methods=policy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05),
             middlewares=[calls],
         ) as client:
@@ -344,3 +349,51 @@ async def test_hedging_answers_from_the_second_copy_and_cancels_the_first() -> N
             await asyncio.wait_for(server.first_cancelled.wait(), 10)
         assert len(calls.done) == 1  # one call for the middleware
         assert calls.done[0].attempts == 2 and calls.done[0].status is Status.OK
+
+
+async def test_no_retry_after_the_first_response_message_of_a_stream() -> None:
+    unavailable = Status.UNAVAILABLE.value
+    async with echo_server() as server:
+        calls = Calls()
+        async with Client(
+            f"127.0.0.1:{server.port}",
+            settings=client_settings(),
+            methods={
+                "echo.v1.EchoService": MethodConfig(
+                    retry=RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.002)
+                )
+            },
+            middlewares=[calls],
+        ) as client:
+            got = []
+            with pytest.raises(RpcError) as err:
+                # two messages, then UNAVAILABLE: committed, so not retried
+                request = EchoRequest(message="m", count=2, fail_with=f"GRPCError:{unavailable}")
+                async for reply in client.stub(EchoServiceStub).expand(request):
+                    got.append(reply.index)
+            assert err.value.status is Status.UNAVAILABLE
+            assert got == [0, 1]
+            # the same failure before any message is retried up to max_attempts
+            with pytest.raises(RpcError):
+                request = EchoRequest(message="m", count=0, fail_with=f"GRPCError:{unavailable}")
+                [r async for r in client.stub(EchoServiceStub).expand(request)]
+    assert [c.attempts for c in calls.done] == [1, 5]
+
+
+async def test_a_response_over_the_limit_is_not_retried() -> None:
+    async with echo_server() as server:
+        calls = Calls()
+        async with Client(
+            f"127.0.0.1:{server.port}",
+            settings=client_settings(GRPC_CLIENT_MAX_RECEIVE_MESSAGE_LENGTH=32),
+            methods=policy(
+                max_attempts=5,
+                retryable_status_codes=frozenset({Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE}),
+            ),
+            middlewares=[calls],
+        ) as client:
+            with pytest.raises(RpcError) as err:
+                await client.stub(EchoServiceStub).echo(EchoRequest(message="y" * 100))
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert calls.done[0].attempts == 1
+        assert server.echo.finished == 1

@@ -108,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     codec.add_argument("--rpc-method", help="full method for the RPC part")
     codec.add_argument("--rpc-request-hex", default="", help="its request, hex-encoded")
     codec.add_argument("--rounds", type=int, default=5)
+    cl = modes.add_parser(
+        "client", help="grpcstack Client vs grpcio vs grpclib: p50/p99, req/s at 1/10/100"
+    )
+    cl.add_argument("--target", required=True, help="package.module:ServerClass to serve")
+    cl.add_argument("--method", required=True, help="full method, e.g. /echo.v1.EchoService/Echo")
+    cl.add_argument("--request-hex", default="", help="the request message, hex-encoded")
+    cl.add_argument("--rounds", type=int, default=3)
+    cl.add_argument("--sequential", type=int, default=2000, help="sequential calls per round")
+    cl.add_argument("--requests", type=int, default=5000, help="calls per throughput run")
+    cl.add_argument("--full-chain", action="store_true", help="server with the default chain")
+    cl.add_argument("--profile", action="store_true", help="cProfile the grpcstack client")
     cache = modes.add_parser("cache", help="p50/p99 per cache tier, and each layer's overhead")
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
@@ -177,6 +188,8 @@ def _bench(args: argparse.Namespace) -> int:
                 return 1
         print(codec.report(result))
         return 0
+    if args.mode == "client":
+        return _bench_client(args)
     from .bench import middleware
 
     opts = middleware.Options(
@@ -195,6 +208,28 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"grpcstack bench: {exc}", file=sys.stderr)
         return 1
     print(middleware.report(result))
+    return 0
+
+
+def _bench_client(args: argparse.Namespace) -> int:
+    from .bench import client
+
+    opts = client.Options(
+        target=args.target,
+        method=args.method,
+        message=bytes.fromhex(args.request_hex),
+        rounds=args.rounds,
+        sequential=args.sequential,
+        requests=args.requests,
+        full_chain=args.full_chain,
+        profile=args.profile,
+    )
+    try:
+        result = client.run(opts)
+    except RuntimeError as exc:
+        print(f"grpcstack bench: {exc}", file=sys.stderr)
+        return 1
+    print(client.report(result))
     return 0
 
 

@@ -74,14 +74,14 @@ class Attempt:
         "codec",
         "details_codec",
         "encoding",
+        "headers",
         "headers_done",
-        "initial_metadata",
         "max_receive",
         "release",
         "reply_type",
         "stream",
+        "trailers",
         "trailers_only",
-        "trailing_metadata",
         "wrapper",
     )
 
@@ -96,20 +96,42 @@ class Attempt:
         self.headers_done = False
         self.trailers_only = False
         self.encoding: str | None = None
-        self.initial_metadata: _Metadata | None = None
-        self.trailing_metadata: _Metadata | None = None
+        #: raw response headers and trailers; metadata is decoded only when asked for
+        self.headers: list[tuple[str, str]] | None = None
+        self.trailers: list[tuple[str, str]] | None = None
+
+    @property
+    def initial_metadata(self) -> _Metadata | None:
+        if self.headers is None:
+            return None
+        if self.trailers_only:
+            return decode_metadata([])
+        return decode_metadata(self.headers)
+
+    @property
+    def trailing_metadata(self) -> _Metadata | None:
+        trailers = self.headers if self.trailers_only else self.trailers
+        return None if trailers is None else decode_metadata(trailers)
+
+    @property
+    def committed(self) -> bool:
+        """Response headers (not trailers-only) arrived: the call cannot be retried any more."""
+        return self.headers_done and not self.trailers_only
 
     # --- sending ------------------------------------------------------------------------
 
     async def open(
         self,
         protocol: ClientProtocol,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         data: bytes | None,
         end: bool,
+        prefix_len: int = 0,
     ) -> None:
         with self.wrapper:
-            while (opened := open_stream(protocol, self.wrapper, headers, data, end)) is None:
+            while (
+                opened := open_stream(protocol, self.wrapper, headers, data, end, prefix_len)
+            ) is None:
                 await wait_for_stream_slot(protocol)
             self.stream, self.release = opened
             pending = getattr(self.stream, "_grpcstack_pending", None)
@@ -156,6 +178,10 @@ class Attempt:
         assert self.stream is not None
         with self.wrapper:
             headers = await self.stream.recv_headers()
+        self._check_headers(headers)
+
+    def _check_headers(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
         self.headers_done = True
         headers_map = dict(headers)
         http_status = headers_map.get(":status")
@@ -168,16 +194,15 @@ class Attempt:
         self.encoding = headers_map.get("grpc-encoding")
         if "grpc-status" in headers_map:  # trailers-only
             self.trailers_only = True
-            metadata = decode_metadata(headers)
-            self.initial_metadata = metadata.__class__()
-            self.trailing_metadata = metadata
             status, message, details = self._status(headers_map)
             if status is not Status.OK:
                 raise AttemptError(
-                    status, message, details=details, trailers=metadata, raw=headers_map
+                    status,
+                    message,
+                    details=details,
+                    trailers=decode_metadata(headers),
+                    raw=headers_map,
                 )
-        else:
-            self.initial_metadata = decode_metadata(headers)
 
     async def recv_message(self) -> Any:
         """The next message, or None after OK trailers; AttemptError otherwise."""
@@ -185,20 +210,24 @@ class Attempt:
             await self.recv_headers()
         if self.trailers_only:
             return None
+        with self.wrapper:
+            return await self._recv_message()
+
+    async def _recv_message(self) -> Any:
+        # inside ``with self.wrapper`` (one enter per call on the unary path)
         stream = self.stream
         assert stream is not None
-        with self.wrapper:
-            meta = await stream.recv_data(5)
-            if not meta:
-                await self._recv_trailers()
-                return None
-            compressed, length = _PREFIX.unpack(meta)
-            if length > self.max_receive:
-                raise AttemptError(
-                    Status.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({length} vs. {self.max_receive})",
-                )
-            data = await stream.recv_data(length)
+        meta = await stream.recv_data(5)
+        if not meta:
+            await self._recv_trailers()
+            return None
+        compressed, length = _PREFIX.unpack(meta)
+        if length > self.max_receive:
+            raise AttemptError(
+                Status.RESOURCE_EXHAUSTED,
+                f"Received message larger than max ({length} vs. {self.max_receive})",
+            )
+        data = await stream.recv_data(length)
         if compressed:
             if self.encoding != GZIP:
                 raise AttemptError(Status.INTERNAL, "Compressed message without grpc-encoding")
@@ -215,14 +244,40 @@ class Attempt:
 
     async def _recv_trailers(self) -> None:
         assert self.stream is not None
-        trailers = await self.stream.recv_trailers()
-        self.trailing_metadata = decode_metadata(trailers)
+        trailers = self.trailers = await self.stream.recv_trailers()
         raw = dict(trailers)
         status, message, details = self._status(raw)
         if status is not Status.OK:
-            raise AttemptError(
-                status, message, details=details, trailers=self.trailing_metadata, raw=raw
-            )
+            metadata = decode_metadata(trailers)
+            raise AttemptError(status, message, details=details, trailers=metadata, raw=raw)
+
+    async def unary(
+        self,
+        protocol: ClientProtocol,
+        headers: list[tuple[bytes, bytes]],
+        data: bytes,
+        prefix_len: int,
+    ) -> Any:
+        """The whole of a unary-unary attempt: one request, one response, the trailers."""
+        with self.wrapper:
+            while (
+                opened := open_stream(protocol, self.wrapper, headers, data, True, prefix_len)
+            ) is None:
+                await wait_for_stream_slot(protocol)
+            stream = opened[0]
+            self.stream, self.release = opened
+            pending = getattr(stream, "_grpcstack_pending", None)
+            if pending is not None:
+                await stream.send_data(pending, end_stream=True)
+            self._check_headers(await stream.recv_headers())
+            if self.trailers_only:
+                raise AttemptError(Status.UNKNOWN, "No response message (trailers-only OK)")
+            reply = await self._recv_message()
+            if reply is None:
+                raise AttemptError(Status.UNKNOWN, "No response message")
+            if await self._recv_message() is not None:
+                raise AttemptError(Status.UNKNOWN, "More than one response message")
+        return reply
 
     # --- ending -------------------------------------------------------------------------
 

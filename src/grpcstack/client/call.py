@@ -170,12 +170,14 @@ class ClientCall:
 
     # --- attempts -------------------------------------------------------------------------
 
-    def _headers(self, endpoint: Endpoint) -> list[tuple[str, str]]:
+    def _headers(self, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
         headers = list(self._spec.headers_for(endpoint))
         if self.info.deadline is not None:
             remaining = self.info.deadline - asyncio.get_running_loop().time()
-            headers.append(("grpc-timeout", encode_timeout(max(remaining, 0.0))))
-        headers += self._metadata_headers
+            timeout = encode_timeout(max(remaining, 0.0)).encode("ascii")
+            headers.append((b"grpc-timeout", timeout))
+        for key, value in self._metadata_headers:
+            headers.append((key.encode("ascii"), value.encode("ascii")))
         return headers
 
     async def _start_attempt(self) -> Attempt:
@@ -200,7 +202,9 @@ class ClientCall:
         first = buffer[0] if buffer else None
         end_now = self._ended and len(buffer) <= 1
         try:
-            await attempt.open(protocol, self._headers(endpoint), first, end_now)
+            headers = self._headers(endpoint)
+            prefix = len(self._spec.headers_for(endpoint))
+            await attempt.open(protocol, headers, first, end_now, prefix)
             for data in buffer[1:-1]:
                 await attempt.send(data, False)
             if len(buffer) > 1:
@@ -228,8 +232,11 @@ class ClientCall:
         """Whether to try again after ``err`` (after the backoff, when it says so)."""
         client = self._client
         info = self.info
-        if self._attempt is not None:
-            self._attempt.close()
+        attempt = self._attempt
+        if attempt is not None:
+            if attempt.committed:
+                self._commit()  # e.g. a message over the limit after the headers: no retry
+            attempt.close()
             self._attempt = None
         if self._committed or self._buffer is None or self._expired:
             return False
@@ -442,17 +449,60 @@ class ClientCall:
     # --- shortcuts used by the stubs ------------------------------------------------------
 
     async def unary(self, request: Any) -> Any:
-        """Send one request, return the one response (unary-unary)."""
+        """Send one request, return the one response (unary-unary): the stream API's steps in
+        one attempt coroutine, with the same retries."""
         self._begin()
         try:
-            await self.send_message(request, end=True)
-            reply = await self.recv_message()
-            if reply is None:
-                raise RpcError(Status.UNKNOWN, "No response message", None)
-            if await self.recv_message() is not None:
-                raise RpcError(Status.UNKNOWN, "More than one response message", None)
+            reply = await self._unary(request)
         except BaseException as exc:
             self._finish(exc)
             raise
         self._finish(None)
+        return reply
+
+    async def _unary(self, request: Any) -> Any:
+        client = self._client
+        spec = self._spec
+        data = client.codec.encode(request, spec.request_type)
+        if len(data) > client.max_send:
+            raise RpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(data)} vs. {client.max_send})",
+            )
+        data = frame(gzip_compress(data), True) if spec.compress else frame(data)
+        info = self.info
+        info.msg_sent = 1
+        for hook in spec.hooks.on_message_sent:
+            hook(info)
+        self._buffer = [data]
+        self._ended = self._request_started = True
+        self._sent_messages = 1
+        while True:
+            attempt = Attempt(client.codec, client.details_codec, spec.reply_type, spec.max_receive)
+            self._attempt = attempt
+            try:
+                endpoint = client.pool.pick(self._endpoint)
+                self._endpoint = endpoint
+                info.peer = endpoint.target
+                info.attempts += 1
+                protocol = endpoint.ready()
+                if protocol is None:
+                    try:
+                        protocol = await endpoint.connect(info.time_remaining())
+                    except ConnectFailed as exc:
+                        raise AttemptError(exc.status, exc.message, sent=False) from None
+                static = spec.headers_for(endpoint)
+                reply = await attempt.unary(protocol, self._headers(endpoint), data, len(static))
+            except BaseException as exc:
+                err = self._classify(exc)
+                if isinstance(err, AttemptError) and await self._retry(err):
+                    continue
+                raise self._fail(err) from None
+            break
+        self._committed = True
+        if client.throttle is not None:
+            client.throttle.on_success()
+        info.msg_received = 1
+        for hook in spec.hooks.on_message_received:
+            hook(info)
         return reply

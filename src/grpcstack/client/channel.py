@@ -17,11 +17,11 @@ from typing import Any
 
 from grpclib.config import Configuration
 from grpclib.const import Status
+from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
 
 from .._compat import ClientProtocol, StackChannelBase
-from ..codec import StackCodec
 
 
 class ConnectFailed(GRPCError):
@@ -58,7 +58,7 @@ class Endpoint:
         self,
         target: str,
         *,
-        codec: StackCodec,
+        codec: CodecBase,
         ssl_context: ssl.SSLContext | None,
         config: Configuration,
         connect_timeout: float,

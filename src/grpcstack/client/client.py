@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
-from grpclib.encoding.base import GRPC_CONTENT_TYPE
+from grpclib.encoding.base import GRPC_CONTENT_TYPE, CodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.metadata import USER_AGENT, Deadline, encode_metadata
 from prometheus_client import CollectorRegistry
@@ -78,9 +78,10 @@ class MethodSpec:
         self.max_receive = cfg.max_receive_message_length or client.max_receive
         self.compress = client.compression == GZIP
         self.hooks = Hooks(client.middlewares, method)
-        self._headers: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._headers: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
 
-    def headers_for(self, endpoint: Endpoint) -> tuple[tuple[str, str], ...]:
+    def headers_for(self, endpoint: Endpoint) -> tuple[tuple[bytes, bytes], ...]:
+        """The request headers every call of this method to ``endpoint`` starts with."""
         headers = self._headers.get(endpoint.target)
         if headers is None:
             channel = endpoint.channel
@@ -96,7 +97,9 @@ class MethodSpec:
             ]
             if self.compress:
                 built.append(("grpc-encoding", GZIP))
-            headers = self._headers[endpoint.target] = tuple(built)
+            headers = self._headers[endpoint.target] = tuple(
+                (k.encode("ascii"), v.encode("ascii")) for k, v in built
+            )
         return headers
 
 
@@ -106,7 +109,8 @@ class Client:
     ``methods`` maps a full method or a service name to its :class:`MethodConfig` (timeout, retry
     policy, hedging); everything else comes from ``settings`` (GRPC_CLIENT_* environment names).
     ``middlewares`` run around every call (see :mod:`grpcstack.client.middleware`);
-    ``metrics_registry`` adds the go-grpc-middleware client metrics to that registry.
+    ``metrics_registry`` adds the go-grpc-middleware client metrics to that registry;
+    ``metadata`` is sent on every call; ``codec`` replaces the stack's message codec.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Client:
         middlewares: Sequence[ClientMiddleware] = (),
         metrics_registry: CollectorRegistry | None = None,
         metadata: Mapping[str, str | bytes] | None = None,
+        codec: CodecBase | None = None,
     ) -> None:
         s = settings if settings is not None else ClientSettings.load()
         self.settings = s
@@ -141,7 +146,7 @@ class Client:
         self.middlewares = list(middlewares)
         if metrics_registry is not None:
             self.middlewares.insert(0, ClientMetrics(metrics_registry))
-        self.codec = StackCodec()
+        self.codec = codec if codec is not None else StackCodec()
         self.details_codec = ProtoStatusDetailsCodec()
         self.max_receive = s.GRPC_CLIENT_MAX_RECEIVE_MESSAGE_LENGTH
         self.max_send = s.GRPC_CLIENT_MAX_SEND_MESSAGE_LENGTH
