@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,uvloop,platform]'
+	# rapidocr pulls in opencv-python, which links libGL (absent on a minimal machine); the headless
+	# build is the same cv2 without it, so `make run` serves OCR with no system packages
+	$(BIN)/pip uninstall --quiet -y opencv-python
+	$(BIN)/pip install --quiet --no-deps opencv-python-headless
 	touch $(STAMP)
 
 # ONE protoc run over every proto into an emptied gen/ (a second run would overwrite shared modules).

@@ -18,6 +18,7 @@ async def start_cli(
     python: str = sys.executable,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    startup_timeout: float = 30,
 ) -> tuple[asyncio.subprocess.Process, int]:
     """Start ``python -m grpcstack.cli serve TARGET --port 0``; return it and its port."""
     full = dict(os.environ, PYTHONPATH=PYTHONPATH, GRPC_ENABLE_AUTH="false")
@@ -38,7 +39,7 @@ async def start_cli(
     )
     assert proc.stderr is not None
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(startup_timeout):
             while True:
                 line = (await proc.stderr.readline()).decode()
                 assert line, "the server exited before serving"
