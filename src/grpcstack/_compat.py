@@ -81,6 +81,13 @@ def drop_buffered(stream: grpclib.protocol.Stream) -> None:
         buffer._unacked.get_nowait()
 
 
+def buffered_bytes(stream: grpclib.protocol.Stream) -> int:
+    """Bytes of a stream's request body already received and not yet read."""
+    buffer = stream.buffer
+    queued = buffer._unacked._queue  # asyncio.Queue's deque
+    return buffer._acked_size + sum(item.data_size for item in queued)  # type: ignore[no-any-return]
+
+
 class ServerStreamBase(grpclib.server.Stream):  # type: ignore[type-arg]
     """grpclib's server Stream with its private state under public names for our subclass."""
 

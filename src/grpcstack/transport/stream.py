@@ -13,7 +13,7 @@ from grpclib.exceptions import GRPCError, ProtocolError
 from grpclib.metadata import encode_metadata
 from multidict import MultiDict
 
-from .._compat import ServerStreamBase
+from .._compat import ServerStreamBase, buffered_bytes
 from ..codec import DecodeError
 from ..compression import (
     ACCEPT_ENCODING,
@@ -103,6 +103,12 @@ class LimitedStream(ServerStreamBase):
     async def _recv_body(self, length: int) -> bytes:
         """The body, within the connection's room for half-received messages and the body
         timeout; a body that ends early is INVALID_ARGUMENT, never a traceback."""
+        h2_stream = self.h2_stream
+        if buffered_bytes(h2_stream) >= length:  # all here (a unary request, usually): no wait
+            data = await h2_stream.recv_data(length)
+            if len(data) != length:
+                raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
+            return data
         conn = self.conn
         room = conn.reserve(length)
         timeout = conn.policy.message_body_timeout
@@ -110,7 +116,7 @@ class LimitedStream(ServerStreamBase):
             async with asyncio.timeout(timeout):
                 if room is not None:
                     await room
-                data = await self.h2_stream.recv_data(length)
+                data = await h2_stream.recv_data(length)
         except TimeoutError:
             raise GRPCError(
                 Status.CANCELLED, f"Request message body did not arrive within {timeout:g} s"
