@@ -30,6 +30,11 @@ def add_parsers(modes: Any) -> None:
                 action="store_true",
                 help="grpcstack's rate limiter on Redis too (the seed's always is)",
             )
+            p.add_argument(
+                "--profile",
+                action="store_true",
+                help="py-spy self time of the grpcstack servers under load (to stderr, JSON)",
+            )
         if name == "seed000":
             p.add_argument("--requests", type=int, help="per column (default 1000, the seed's)")
             p.add_argument("--concurrency", type=int, default=10, help="clients (the seed's 10)")
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                     requests=args.requests or (2_000 if quick else 20_000),
                     sequential=args.sequential or (200 if quick else 1_000),
                     redis_ratelimit=args.redis_ratelimit,
+                    profile=args.profile,
                 )
             )
             tables = [table]

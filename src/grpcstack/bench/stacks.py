@@ -38,6 +38,7 @@ class Options:
     sequential: int = 1_000  # per sequential run
     streams: int = 100
     redis_ratelimit: bool = False  # grpcstack's rate limiter on Redis too (the seed's always is)
+    profile: bool = False  # py-spy on the grpcstack servers during one more loaded run each
 
 
 def _servers(tmp: Path, redis_url: str, metrics_port: int, opts: Options) -> list[ServerProcess]:
@@ -81,6 +82,7 @@ def run(opts: Options) -> tuple[Table, dict[str, Any]]:
     loaded = H2Load(METHOD, REQUEST, headers, 1, opts.streams)
     one = H2Load(METHOD, REQUEST, headers, 1, 1)
     servers: list[ServerProcess] = []
+    profiles: dict[str, Any] = {}
     sent: dict[str, int] = {}
     rps: dict[str, list[float]] = {}
     p50: dict[str, list[float]] = {}
@@ -114,6 +116,10 @@ def run(opts: Options) -> tuple[Table, dict[str, Any]]:
                 sent[s.name] += opts.requests + opts.sequential
             for name, value in round_rps.items():
                 ratios.setdefault(name, []).append(value / round_rps[AIO])
+        if opts.profile:
+            profiles = _profile(servers, loaded, opts.requests)
+            for name in profiles:
+                sent[name] += opts.requests
         full_ok = _ok_count(metrics_port, METHOD)
     finally:
         for s in servers:
@@ -136,7 +142,33 @@ def run(opts: Options) -> tuple[Table, dict[str, Any]]:
             "cpu_us_per_call": cpu_us,
         },
         "verified_ok_calls": sent,
+        "profiles": profiles,
     }
+
+
+def _profile(servers: list[ServerProcess], load: H2Load, requests: int) -> dict[str, Any]:
+    """py-spy self time of each grpcstack server while h2load keeps 100 calls in flight."""
+    import threading
+
+    from . import profile
+
+    out: dict[str, Any] = {}
+    for s in servers:
+        if s.name not in (FULL, BARE) or s.proc is None:
+            continue
+        result: dict[str, Any] = {}
+        pid = s.proc.pid
+
+        def sample(pid: int = pid, result: dict[str, Any] = result) -> None:
+            result.update(profile.record(pid, 5))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        _check(s.name, load.run(s.port, requests), requests)
+        sampler.join(120)
+        out[s.name] = result
+        print(profile.text(result, s.name), file=sys.stderr)
+    return out
 
 
 def _check(name: str, result: dict[str, float], requests: int) -> None:
