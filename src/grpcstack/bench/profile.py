@@ -21,13 +21,17 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):\d+\)$")
 
 def _package(path: str) -> str:
     parts = Path(path).parts
+    if path.startswith("<"):
+        return path.split(".")[0].strip("<>") if path.startswith("<grpcstack") else path
+    if not Path(path).is_absolute():  # py-spy shortens paths on sys.path: "h2/connection.py"
+        return parts[0].removesuffix(".py")
     for marker in ("site-packages", "src"):
         if marker in parts:
             rest = parts[parts.index(marker) + 1 :]
             return rest[0].removesuffix(".py") if rest else path
     if "asyncio" in parts:
         return "asyncio"
-    return Path(path).stem if path.startswith("<") is False else path
+    return path if path.startswith("<") else Path(path).stem
 
 
 def summarize(raw: str, top: int = 15) -> dict[str, Any]:
