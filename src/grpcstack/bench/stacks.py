@@ -212,6 +212,8 @@ def _table(
             {c: median(cpu_us[c]) for c in cols},
         )
     )
+    busy = {c: median([r * u / 1e4 for r, u in zip(rps[c], cpu_us[c], strict=True)]) for c in cols}
+    t.add(Row("server core busy during the loaded runs", "%", busy, lower_is_better=False))
     t.add(
         Row(
             "calls per CPU-second (1e6 / CPU per call)",
@@ -240,9 +242,9 @@ def _table(
         "grpcstack full: the default six middlewares, rate limit "
         + ("on Redis" if opts.redis_ratelimit else "in process (no REDIS_URL)")
         + "; seed on grpcio: its six interceptors, rate limit INCR+EXPIRE on redis-server.",
-        "Server CPU per call = the server process's user+sys time over the run / calls: it "
-        "holds when other processes share the core (throughput does not: CFS shares a busy "
-        "core per thread, and grpcio runs more threads than a grpclib server).",
+        "Server CPU per call = the server process's user+sys time over the run / calls; it "
+        "holds when other processes share the core, throughput does not. 'Core busy' = req/s x "
+        "CPU per call: below 100% the server waited with calls in flight (or was not scheduled).",
         "OK calls: every h2load run reported all requests 200, and each server's handler count "
         "(and the full chain's grpc_server_handled_total OK) equals the requests sent.",
     ]
