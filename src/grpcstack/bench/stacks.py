@@ -244,7 +244,7 @@ def _table(
         + "; seed on grpcio: its six interceptors, rate limit INCR+EXPIRE on redis-server.",
         "Server CPU per call = the server process's user+sys time over the run / calls; it "
         "holds when other processes share the core, throughput does not. 'Core busy' = req/s x "
-        "CPU per call: below 100% the server waited with calls in flight (or was not scheduled).",
+        "CPU per call: below 100% the server was waiting or, on a shared core, not scheduled.",
         "OK calls: every h2load run reported all requests 200, and each server's handler count "
         "(and the full chain's grpc_server_handled_total OK) equals the requests sent.",
     ]
