@@ -43,6 +43,8 @@ class H2Peer(asyncio.Protocol):
                     self.transport.write(self.conn.data_to_send())
                     self.transport.close()
                     return
+            if isinstance(event, StreamEnded) and self.owner.mode == "raw_headers":
+                self.conn.send_headers(event.stream_id, self.owner.trailers, end_stream=True)
             if isinstance(event, StreamEnded) and self.owner.mode == "trailers_only":
                 headers = [(":status", "200"), ("content-type", "application/grpc")]
                 self.conn.send_headers(
@@ -79,7 +81,7 @@ class H2PeerServer:
     ) -> None:
         self.mode = mode
         self.reply = reply
-        #: trailers_only mode: the status headers of every answer
+        #: trailers_only mode: the status headers of every answer; raw_headers: all headers
         self.trailers = trailers or []
         self.requests = 0
         self.server: asyncio.Server | None = None

@@ -268,3 +268,17 @@ async def test_readme_client_example_runs_as_written() -> None:
     exec(compile(code.group(1), "README.md#client", "exec"), module.__dict__)
     async with running(EchoServer(settings(GRPC_ENABLE_AUTH=True))) as server:
         assert await module.main(f"127.0.0.1:{server.port}") == "hi"
+
+
+async def test_clean_close_waits_for_running_calls_and_refuses_new_ones() -> None:
+    async with echo_server() as server:
+        client = Client(f"127.0.0.1:{server.port}", settings=client_settings())
+        stub = client.stub(EchoServiceStub)
+        running_call = asyncio.ensure_future(stub.echo(EchoRequest(message="s", sleep_seconds=0.3)))
+        await asyncio.wait_for(server.echo.started.wait(), 10)
+        await client.aclose(grace=30)
+        assert running_call.done() and (await running_call).message == "s"
+        with pytest.raises(RpcError) as err:
+            await stub.echo(EchoRequest(message="late"))
+        assert err.value.status is Status.UNAVAILABLE
+        assert client.inflight == 0

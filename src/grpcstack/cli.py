@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--requests", type=int, default=5000, help="calls per throughput run")
     cl.add_argument("--full-chain", action="store_true", help="server with the default chain")
     cl.add_argument("--profile", action="store_true", help="cProfile the grpcstack client")
+    cl.add_argument("--uvloop", action="store_true", help="run the clients on uvloop")
     cache = modes.add_parser("cache", help="p50/p99 per cache tier, and each layer's overhead")
     cache.add_argument("--redis-url", help="default: a private redis-server for the run")
     cache.add_argument("--requests", type=int, default=2000, help="gets per variant per round")
@@ -223,6 +224,7 @@ def _bench_client(args: argparse.Namespace) -> int:
         requests=args.requests,
         full_chain=args.full_chain,
         profile=args.profile,
+        uvloop=args.uvloop,
     )
     try:
         result = client.run(opts)

@@ -242,6 +242,7 @@ class ClientSettings(BaseSettings):
     GRPC_CLIENT_TARGETS: list[str] = Field(default_factory=list)  # "host:port", round-robin
     GRPC_CLIENT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] | None = None  # default deadline
     GRPC_CLIENT_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 5.0
+    GRPC_CLIENT_CLOSE_GRACE_SECONDS: NonNegativeFloat = 5.0  # `async with` exit waits for calls
     # reconnect backoff of one target after a failed connect (gRPC connection backoff)
     GRPC_CLIENT_RECONNECT_INITIAL_SECONDS: Annotated[float, Field(gt=0)] = 0.2
     GRPC_CLIENT_RECONNECT_MAX_SECONDS: Annotated[float, Field(gt=0)] = 10.0

@@ -51,6 +51,7 @@ class Options:
     server_cpu: int | None = 0
     client_cpu: int | None = 1
     profile: bool = False
+    uvloop: bool = False  # run the clients' loop on uvloop (all three)
 
 
 async def _grpcstack(port: int, opts: Options) -> tuple[Call, Callable[[], Any]]:
@@ -144,8 +145,8 @@ async def _run(port: int, opts: Options) -> dict[str, Any]:
     try:
         expected = await clients["grpclib"][0]()
         for name in CLIENTS:  # warm up every client (connections, caches)
-            await _sequential(clients[name][0], 300, expected)
-            await _throughput(clients[name][0], 100, 1000, expected)
+            await _sequential(clients[name][0], min(300, opts.sequential), expected)
+            await _throughput(clients[name][0], 100, min(1000, opts.requests), expected)
         rounds: list[dict[str, Any]] = []
         for _ in range(opts.rounds):
             row: dict[str, Any] = {}
@@ -170,6 +171,7 @@ async def _run(port: int, opts: Options) -> dict[str, Any]:
         "method": opts.method,
         "request_bytes": len(opts.message),
         "server_chain": "full" if opts.full_chain else "bare",
+        "client_loop": "uvloop" if opts.uvloop else "asyncio",
         "sequential_calls": opts.sequential,
         "requests_per_throughput_run": opts.requests,
         "rounds": rounds,
@@ -226,6 +228,10 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         server.start()
         asyncio.run(probe(server.port, opts.method, opts.message, {}))
+        if opts.uvloop:
+            import uvloop
+
+            return uvloop.run(_run(server.port, opts))  # type: ignore[no-any-return]
         return asyncio.run(_run(server.port, opts))
     finally:
         server.stop()
@@ -236,7 +242,8 @@ def run(opts: Options) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"client comparison: {result['method']}, {result['request_bytes']} B request, "
-        f"{result['server_chain']} server chain, {result['sequential_calls']} sequential calls "
+        f"{result['server_chain']} server chain, client loop {result['client_loop']}, "
+        f"{result['sequential_calls']} sequential calls "
         f"and {result['requests_per_throughput_run']} calls per throughput run",
         f"{'round':>6} {'client':>10} {'cpu us':>7} {'p50 us':>8} {'p99 us':>8} "
         + " ".join(f"{'rps@' + str(n):>8}" for n in IN_FLIGHT),

@@ -243,8 +243,12 @@ class Attempt:
             raise AttemptError(Status.INTERNAL, f"Could not decode response: {exc}") from None
 
     async def _recv_trailers(self) -> None:
-        assert self.stream is not None
-        trailers = self.trailers = await self.stream.recv_trailers()
+        stream = self.stream
+        assert stream is not None
+        if stream.trailers is None and not stream.trailers_received.is_set():
+            # at the end of the data: trailers arrive before END_STREAM, so none will come
+            raise AttemptError(Status.UNKNOWN, "Stream ended without grpc-status trailers")
+        trailers = self.trailers = await stream.recv_trailers()
         raw = dict(trailers)
         status, message, details = self._status(raw)
         if status is not Status.OK:

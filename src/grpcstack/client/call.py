@@ -55,6 +55,7 @@ class ClientCall:
 
     __slots__ = (
         "_attempt",
+        "_begun",
         "_buffer",
         "_buffered",
         "_client",
@@ -86,6 +87,7 @@ class ClientCall:
         self.info = info
         self._metadata_headers = metadata_headers
         self._attempt: Attempt | None = None
+        self._begun = False
         self._endpoint: Endpoint | None = None
         self._buffer: list[bytes] | None = []
         self._buffered = 0
@@ -107,6 +109,13 @@ class ClientCall:
         return self
 
     def _begin(self) -> None:
+        client = self._client
+        if client.closing:
+            exc = RpcError(Status.UNAVAILABLE, "Client is closed")
+            self._done = True
+            raise exc
+        self._begun = True
+        client.inflight += 1
         info = self.info
         hooks = self._spec.hooks
         for hook in hooks.on_start:
@@ -151,6 +160,8 @@ class ClientCall:
         if self._done:
             return
         self._done = True
+        if self._begun:
+            self._client.call_ended()
         if self._timer is not None:
             self._timer.cancel()
         if self._attempt is not None:

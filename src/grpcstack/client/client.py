@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from ..codec import StackCodec
 from ..compression import ACCEPT_ENCODING, GZIP
-from ..context import CORRELATION_ID_KEY, current_call
 from ..settings import ClientSettings
 from .call import ClientCall, RpcError
 from .channel import Endpoint, Pool, client_ssl_context
 from .config import HedgingPolicy, MethodConfig, resolve
 from .metrics import ClientMetrics
 from .middleware import ClientCallInfo, ClientMiddleware, Hooks
+from .propagation import inherit
 from .retry import RetryPolicy, RetryThrottle
 
 StubT = TypeVar("StubT")
@@ -171,6 +171,10 @@ class Client:
         self._specs: dict[tuple[str, Cardinality], MethodSpec] = {}
         self._stub_classes: dict[type, type] = {}
         self._pool: Pool | None = None
+        #: calls begun and not finished; a closing client waits for them (aclose)
+        self.inflight = 0
+        self.closing = False
+        self._idle: asyncio.Event | None = None
 
     # --- connections --------------------------------------------------------------------
 
@@ -216,10 +220,29 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose(self.settings.GRPC_CLIENT_CLOSE_GRACE_SECONDS)
+
+    def call_ended(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Refuse new calls (UNAVAILABLE), let running ones finish within ``grace`` seconds,
+        then close every connection."""
+        self.closing = True
+        if self.inflight:
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
         self.close()
 
     def close(self) -> None:
-        """Close every connection (calls still running on them fail with UNAVAILABLE)."""
+        """Close every connection now (calls still running on them fail with UNAVAILABLE)."""
+        self.closing = True
         if self._pool is not None:
             self._pool.close()
 
@@ -273,17 +296,13 @@ class Client:
         headers = list(self._static_metadata)
         if metadata:
             headers += encode_metadata(metadata)
-        served = current_call()
-        if served is not None:
-            if s.GRPC_CLIENT_PROPAGATE_DEADLINE and served.deadline is not None:
-                d = loop_now + served.deadline.time_remaining()
-                end = d if end is None else min(end, d)
-            if (
-                s.GRPC_CLIENT_PROPAGATE_CORRELATION_ID
-                and served.correlation_id is not None
-                and not any(k == CORRELATION_ID_KEY for k, _ in headers)
-            ):
-                headers.append((CORRELATION_ID_KEY, served.correlation_id))
+        end = inherit(
+            headers,
+            end,
+            loop_now,
+            deadline=s.GRPC_CLIENT_PROPAGATE_DEADLINE,
+            correlation_id=s.GRPC_CLIENT_PROPAGATE_CORRELATION_ID,
+        )
         info = ClientCallInfo(spec.method, spec.cardinality, headers)  # type: ignore[arg-type]
         info.deadline = end
         return ClientCall(self, spec, info, headers)
