@@ -307,3 +307,18 @@ async def test_grpcio_client(server: PlatformServer, pb2: Any) -> None:
             timeout=30,
         )
         assert_points(reply, defined(ref_rsi(np.array(CLOSES), 14)))
+        meta = await stub.GetIndicatorMetadata(
+            pb2.indicator.GetIndicatorMetadataRequest(name="bollinger"),
+            metadata=(("user-id", "alice"),),
+            timeout=30,
+        )
+        assert list(meta.indicators[0].outputs) == ["upper", "middle", "lower"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ComputeIndicator(
+                pb2.indicator.ComputeIndicatorRequest(
+                    symbol="AAPL", indicator="sma", parameters={"period": -1}
+                ),
+                metadata=(("user-id", "alice"),),
+                timeout=30,
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT

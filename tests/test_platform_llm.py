@@ -139,6 +139,10 @@ async def test_grpcio_client(server: PlatformServer, pb2: Any) -> None:
             pb2.llm.ValidateDSLRequest(expression="close >"), metadata=md, timeout=30
         )
         assert not reply.valid and reply.errors[0].column == 8
+        whole = await stub.AnalyzeText(pb2.llm.LLMRequest(text=TEXT), metadata=md, timeout=30)
+        assert whole.status == pb2.common.STATUS_SUCCESS
+        assert "".join(p.token for p in parts) == whole.analysis
+        assert dict(whole.entities) == entities(TEXT)
 
 
 # --- the OpenAI-compatible engine ----------------------------------------------------------

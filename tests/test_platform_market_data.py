@@ -321,3 +321,17 @@ async def test_grpcio_client_streams(server: PlatformServer, pb2: Any) -> None:
             pb2.market_data.GetStockQuoteRequest(symbol="GRPCIO"), metadata=md, timeout=30
         )
         assert quote.price == 2.0
+        exported = await stub.ExportParquet(
+            pb2.market_data.ExportParquetRequest(symbol="GRPCIO", path="grpcio.parquet"),
+            metadata=md,
+            timeout=30,
+        )
+        imported = await stub.ImportParquet(
+            pb2.market_data.ImportParquetRequest(path="grpcio.parquet"), metadata=md, timeout=30
+        )
+        assert (exported.rows, imported.rows, imported.rejected) == (3, 3, 0)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetStockQuote(
+                pb2.market_data.GetStockQuoteRequest(symbol="NOSUCH"), metadata=md, timeout=30
+            )
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND

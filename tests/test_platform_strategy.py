@@ -315,3 +315,38 @@ async def test_grpcio_client(server: PlatformServer, pb2: Any) -> None:
                 pb2.strategy.GetStrategyVersionRequest(strategy_id=""), metadata=md, timeout=30
             )
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        made = await stub.CreateStrategy(
+            pb2.strategy.CreateStrategyRequest(name="grpcio"),
+            metadata=(("user-id", "erin"),),
+            timeout=30,
+        )
+        erin = (("user-id", "erin"),)
+        version = await stub.CreateStrategyVersion(
+            pb2.strategy.CreateStrategyVersionRequest(
+                strategy_id=made.strategy_id, rule="close > 1", parameters={"k": "v"}
+            ),
+            metadata=erin,
+            timeout=30,
+        )
+        assert version.seq == 1 and dict(version.parameters) == {"k": "v"}
+        renamed = await stub.UpdateStrategy(
+            pb2.strategy.UpdateStrategyRequest(strategy_id=made.strategy_id, name="renamed"),
+            metadata=erin,
+            timeout=30,
+        )
+        assert renamed.name == "renamed" and renamed.latest_seq == 1
+        listed = await stub.ListStrategies(
+            pb2.strategy.ListStrategiesRequest(page_size=5), metadata=erin, timeout=30
+        )
+        assert [s.name for s in listed.strategies] == ["renamed"]
+        assert not listed.next_page_token
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateStrategyVersion(
+                pb2.strategy.CreateStrategyVersionRequest(
+                    strategy_id=made.strategy_id, rule="close >"
+                ),
+                metadata=erin,
+                timeout=30,
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "rule: line 1, column 8" in (err.value.details() or "")

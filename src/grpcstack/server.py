@@ -333,19 +333,29 @@ class AsyncBaseServer:
         signals = (signal.SIGINT, signal.SIGTERM)
 
         signalled: list[asyncio.Task[None]] = []
+        started = False
+        stop_requested = False
 
         def on_signal(signum: int) -> None:
-            if signalled or self._stop_task is not None:
+            nonlocal stop_requested
+            if stop_requested or self._stop_task is not None:
                 log.warning("second %s: exiting immediately", signal.Signals(signum).name)
                 os._exit(1)
             log.info("%s: stopping gracefully", signal.Signals(signum).name)
-            # the public stop(), so that a subclass's stop() override runs too
-            signalled.append(asyncio.ensure_future(self.stop()))
+            stop_requested = True
+            if started:  # else the stop begins as soon as start() has returned
+                # the public stop(), so that a subclass's stop() override runs too
+                signalled.append(asyncio.ensure_future(self.stop()))
 
-        await self.start()
+        # handlers first: a signal that arrives while starting (or just after the "serving" log
+        # line) drains the server instead of killing the process
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
+            await self.start()
+            started = True
+            if stop_requested:
+                signalled.append(asyncio.ensure_future(self.stop()))
             await self.wait_for_termination()
             for task in signalled:
                 await task

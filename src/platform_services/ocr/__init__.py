@@ -1,1 +1,1 @@
-"""OCR service (seed 001) on a real Tesseract engine."""
+"""OCR service (seed 001) on RapidOCR (default, models in the wheel) or Tesseract."""
