@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood bench-http interop-server bench-workers bench-client
+.PHONY: setup protos run test lint clean bench bench-middleware bench-cache bench-codec bench-flood bench-http interop-server bench-workers bench-client bench-setup bench-seed000 bench-seed001 bench-stacks
 
 setup: $(STAMP)
 
@@ -39,7 +39,25 @@ test: $(STAMP)
 # EchoRequest(message="hello"), hex-encoded
 ECHO_REQUEST := 0a0568656c6c6f
 
-bench: bench-middleware bench-cache bench-codec bench-flood bench-workers bench-client bench-http
+bench: bench-middleware bench-cache bench-codec bench-flood bench-workers bench-client bench-http bench-stacks bench-seed000 bench-seed001
+
+# the seed tables and server-vs-server: peer baselines (grpcio, FastAPI) and charts need the bench
+# extra, load needs h2load (Debian nghttp2-client); results go to docs/bench/<mode>/ (README links them)
+BENCH_STAMP := $(VENV)/.bench-installed
+bench-setup: $(BENCH_STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,uvloop,platform,bench]'
+	@command -v h2load >/dev/null || echo "h2load missing: apt-get install -y nghttp2-client"
+	touch $(BENCH_STAMP)
+
+bench-stacks: $(BENCH_STAMP)
+	$(BIN)/grpcstack bench stacks
+
+bench-seed000: $(BENCH_STAMP)
+	$(BIN)/grpcstack bench seed000
+
+bench-seed001: $(BENCH_STAMP)
+	$(BIN)/grpcstack bench seed001
 
 # OCRRequest(private_image_path="scan.png"), hex-encoded
 OCR_REQUEST := 12087363616e2e706e67

@@ -195,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     flood.add_argument("--target", default="platform_services.echo:EchoServer")
     flood.add_argument("--seconds", type=float, default=5.0, help="per phase")
     flood.add_argument("--pairs", type=int, default=20_000, help="HEADERS+RST pairs a connection")
+    from .bench.modes import add_parsers as add_seed_modes
+
+    add_seed_modes(modes)  # seed000, seed001, stacks
     return parser
 
 
@@ -272,6 +275,10 @@ def _protos(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from .bench import modes as seed_modes
+
+    if args.mode in seed_modes.MODES:
+        return seed_modes.run(args)
     if args.mode == "cache":
         return _bench_cache(args)
     if args.mode == "workers":

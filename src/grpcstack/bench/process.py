@@ -39,25 +39,21 @@ class ServerProcess:
     cpu: int | None = 0
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: a peer baseline's own command line ({port} is filled in); default: `grpcstack serve target`
+    argv: list[str] | None = None
+    start_timeout: float = 30.0
 
     def start(self) -> None:
         env = dict(os.environ, GRPC_SERVER_HOST="127.0.0.1", LOG_LEVEL="INFO", **self.env)
+        serve = [sys.executable, "-m", "grpcstack.cli", "serve", self.target, "--port", "{port}"]
+        command = [a.replace("{port}", str(self.port)) for a in (self.argv or serve)]
         self.proc = subprocess.Popen(
-            [
-                *pin(self.cpu),
-                sys.executable,
-                "-m",
-                "grpcstack.cli",
-                "serve",
-                self.target,
-                "--port",
-                str(self.port),
-            ],
+            [*pin(self.cpu), *command],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server {self.name} exited with {self.proc.returncode}")
@@ -68,6 +64,23 @@ class ServerProcess:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server {self.name} did not start")
+
+    def _proc_file(self, name: str) -> str:
+        assert self.proc is not None, f"{self.name} is not running"
+        return Path(f"/proc/{self.proc.pid}/{name}").read_text()
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory now and at its peak (VmHWM), in MB."""
+        fields = dict(
+            line.split(":", 1) for line in self._proc_file("status").splitlines() if ":" in line
+        )
+        kb = {k: float(fields[k].split()[0]) for k in ("VmRSS", "VmHWM") if k in fields}
+        return {"rss": kb.get("VmRSS", 0.0) / 1024, "peak": kb.get("VmHWM", 0.0) / 1024}
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        parts = self._proc_file("stat").rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -129,7 +142,11 @@ class H2Load:
             f.write(grpc_frame(self.message))
         self.body = Path(path)
 
-    def run(self, port: int, requests: int) -> dict[str, float]:
+    def run(
+        self, port: int, requests: int, *, latencies: list[float] | None = None
+    ) -> dict[str, float]:
+        """One h2load run; per-request latencies (ms) are appended to ``latencies`` if given."""
+        log = self.body.with_suffix(".log")
         argv = [
             *pin(self.cpu),
             self.binary,
@@ -150,8 +167,21 @@ class H2Load:
         ]
         for key, value in self.headers.items():
             argv += ["-H", f"{key}: {value}"]
+        if latencies is not None:
+            argv.append(f"--log-file={log}")
         argv.append(f"http://127.0.0.1:{port}{self.method}")
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True).stdout
+        try:
+            out = subprocess.run(
+                argv, capture_output=True, text=True, timeout=300, check=True
+            ).stdout
+            if latencies is not None:
+                # start (us since epoch) \t HTTP status \t us until the end of the response
+                for line in log.read_text().splitlines():
+                    cols = line.split("\t")
+                    if len(cols) >= 3 and cols[1] == "200":
+                        latencies.append(int(cols[2]) / 1000)
+        finally:
+            log.unlink(missing_ok=True)
         rate = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
         if rate is None or done is None:
@@ -164,3 +194,30 @@ class H2Load:
 
     def close(self) -> None:
         self.body.unlink(missing_ok=True)
+
+
+def redis_server(cpu: int | None = None) -> ServerProcess:
+    """A private, non-persistent redis-server on an ephemeral loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: apt-get install redis-server")
+    argv = [binary, "--port", "{port}", "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", tempfile.gettempdir()]
+    return ServerProcess("redis", "", {}, cpu=cpu, argv=argv)
+
+
+def mongo_server(cpu: int | None = None) -> ServerProcess:
+    """A MongoDB wire-protocol server (PyPI secantusdb), in memory, on a loopback port."""
+    binary = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    if not Path(binary).exists():
+        raise RuntimeError("secantusd-py not found: pip install secantusdb (the platform extra)")
+    argv = [binary, "--host", "127.0.0.1", "--port", "{port}", "--storage-path", ":memory:"]
+    return ServerProcess("mongodb", "", {}, cpu=cpu, argv=argv, start_timeout=60)
+
+
+def read_count(path: Path) -> int:
+    """The handler count a bench server wrote at its stop (-1 when it wrote none)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return -1
