@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# rapidocr pulls in opencv-python, which links libGL (absent on a minimal machine); the headless
 	# build is the same cv2 without it, so `make run` serves OCR with no system packages
 	$(BIN)/pip uninstall --quiet -y opencv-python
-	$(BIN)/pip install --quiet --no-deps opencv-python-headless
+	$(BIN)/pip install --quiet --no-deps --force-reinstall opencv-python-headless
 	# the example platform and gen/ are not in the grpcstack wheel: put them on this venv's path
 	printf '%s\n%s\n' "$(CURDIR)/src" "$(CURDIR)" > \
 		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/grpcstack-repository.pth"
