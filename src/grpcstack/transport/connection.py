@@ -161,6 +161,7 @@ class StackProtocol(asyncio.Protocol):
         # 0 serving, -1 draining at the next idle moment, 1 drain PING sent, 2 final GOAWAY sent
         self._drain_state = 0
         self._drain_reason = "drain"
+        self._ping_sent_at = 0.0
         #: the peer is a client known to keep the streams a GOAWAY covers (grpc-core, grpc-go,
         #: grpc-java, grpc-js, grpcstack's Client); others (python-h2: grpclib, httpx, ...) end
         #: every call on any GOAWAY and refuse any frame after one
@@ -469,10 +470,19 @@ class StackProtocol(asyncio.Protocol):
     def _probe(self) -> None:
         if self._drain_state != -1 or not self.open or self.processor.streams:
             return
+        if not self.rides_goaway:
+            # idle for the whole linger, not just at this instant
+            quiet_for = time.monotonic() - self._last_active
+            linger = self.policy.drain_idle_linger
+            if quiet_for < linger:
+                timer = self.loop.call_later(linger - quiet_for, self._probe)
+                self._timers.append(timer)
+                return
         self._send_drain_ping()
 
     def _send_drain_ping(self) -> None:
         self._drain_state = 1
+        self._ping_sent_at = time.monotonic()
         self.connection.flush()
         self._proxy.write(PingFrame(0, opaque_data=_DRAIN_PING).serialize())
         self._proxy.flush()
@@ -482,12 +492,17 @@ class StackProtocol(asyncio.Protocol):
     def _probe_answered(self) -> None:
         if self._drain_state != 1 or not self.open:
             return
-        if not self.processor.streams:
+        if self.rides_goaway:
+            if self.processor.streams:
+                self._final_goaway()
+            else:
+                self.close_now(self._drain_reason)
+        elif not self.processor.streams and self._last_active <= self._ping_sent_at:
             self.close_now(self._drain_reason)
-        elif self.rides_goaway:
-            self._final_goaway()
-        else:  # a call arrived meanwhile: wait for the next idle moment
+        else:  # a call came and went meanwhile: wait for the next quiet moment
             self._drain_state = -1
+            if not self.processor.streams:
+                self._idle_while_draining()
 
     def _final_goaway(self) -> None:
         if self._drain_state == 2 or not self.open:
