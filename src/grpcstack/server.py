@@ -359,11 +359,7 @@ class AsyncBaseServer:
             # calls already accepted, and calls arriving before the final GOAWAY, are served
             server.drain_all()
             web = self._web_app  # its new calls get UNAVAILABLE from now on (draining)
-            pending = {t for t in server.inflight if not t.done()}
-            if web is not None:
-                pending |= {t for t in web.inflight if not t.done()}
-            if pending:
-                _, pending = await asyncio.wait(pending, timeout=grace)
+            pending = await self._drained(server, web, grace)
             if pending:
                 log.warning(
                     "%d call(s) still running after %ss grace: cancelling", len(pending), grace
@@ -394,6 +390,23 @@ class AsyncBaseServer:
                 assert self._stopped is not None
                 self._stopped.set()
                 log.info("%s stopped", self.settings.SERVICE_NAME)
+
+    async def _drained(self, server: GrpcServer, web: Any, grace: float) -> set[Any]:
+        """Wait up to ``grace`` for every call, also those accepted during the drain, to end and
+        every connection to close itself; return the calls still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            pending = {t for t in server.inflight if not t.done()}
+            if web is not None:
+                pending |= {t for t in web.inflight if not t.done()}
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not (pending or any(p.open for p in list(server.protocols))):
+                return pending
+            if pending:
+                await asyncio.wait(pending, timeout=min(remaining, 0.05))
+            else:
+                await asyncio.sleep(min(remaining, 0.01))
 
     async def _stop_middlewares(self) -> None:
         if self.metrics_exporter is not None:

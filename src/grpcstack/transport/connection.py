@@ -318,6 +318,9 @@ class StackProtocol(asyncio.Protocol):
         if self.last_stream_id is not None and sid > self.last_stream_id:
             self._refuse(sid, "draining")
             return
+        if self.server.stopping:  # the grace ran out: nothing new is started (clients retry)
+            self._refuse(sid, "stopping")
+            return
         if reset_now is not None and sid in reset_now:
             return  # opened and reset in one read: never dispatched (_on_reset counts it)
         processor = self.processor

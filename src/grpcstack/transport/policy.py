@@ -97,6 +97,7 @@ class Listener(Protocol):
     observer: TransportObserver
     protocols: Any
     stack_h2_config: Any
+    stopping: bool
 
     @property
     def grpclib_config(self) -> Any: ...
