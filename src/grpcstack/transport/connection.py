@@ -162,6 +162,8 @@ class StackProtocol(asyncio.Protocol):
         self._drain_state = 0
         self._drain_reason = "drain"
         self._ping_sent_at = 0.0
+        #: a draining connection that found no quiet moment: new streams are refused
+        self._refusing = False
         #: the peer is a client known to keep the streams a GOAWAY covers (grpc-core, grpc-go,
         #: grpc-java, grpc-js, grpcstack's Client); others (python-h2: grpclib, httpx, ...) end
         #: every call on any GOAWAY and refuse any frame after one
@@ -314,13 +316,15 @@ class StackProtocol(asyncio.Protocol):
 
     def _on_request(self, event: RequestReceived, reset_now: set[int] | None) -> None:
         sid = event.stream_id
-        self._last_active = time.monotonic()
         if self.last_stream_id is not None and sid > self.last_stream_id:
             self._refuse(sid, "draining")
             return
-        if self.server.stopping:  # the grace ran out: nothing new is started (clients retry)
-            self._refuse(sid, "stopping")
+        if self.server.stopping or self._refusing:
+            # the grace ran out, or a busy connection that cannot take a GOAWAY is being
+            # emptied: RST_STREAM(REFUSED_STREAM), never processed, so safe to retry
+            self._refuse(sid, "draining")
             return
+        self._last_active = time.monotonic()
         if reset_now is not None and sid in reset_now:
             return  # opened and reset in one read: never dispatched (_on_reset counts it)
         processor = self.processor
@@ -460,6 +464,15 @@ class StackProtocol(asyncio.Protocol):
         elif self.rides_goaway:
             self.send_goaway(NO_ERROR, reason, final=False)
             self._send_drain_ping()
+        else:
+            # no quiet moment within this long: refuse new streams (no GOAWAY: the peer cannot
+            # take one while busy), let the calls it has finish, then GOAWAY once quiet
+            timer = self.loop.call_later(self.policy.drain_busy_refuse_after, self._refuse_new)
+            self._timers.append(timer)
+
+    def _refuse_new(self) -> None:
+        if self._drain_state == -1 and self.open:
+            self._refusing = True
 
     def _idle_while_draining(self) -> None:
         if self.rides_goaway:

@@ -49,6 +49,8 @@ class ConnectionPolicy:
     drain_ping_timeout: float = 1.0
     #: how long a draining connection of a python-h2 client must stay idle before its GOAWAY
     drain_idle_linger: float = 0.25
+    #: a draining connection of such a client that stays busy this long refuses new streams
+    drain_busy_refuse_after: float = 1.0
 
 
 class TransportObserver(Protocol):
