@@ -138,14 +138,8 @@ async def test_deadline_exceeded_in_handler(pb2) -> None:
         await eventually(lambda: not server.grpc_server.inflight)
 
 
-RACE_100U = pytest.mark.xfail(
-    strict=False,
-    reason="issue 12: transport/dispatch.py checks time_remaining() > 0, then "
-    "DeadlineWrapper.start() raises TimeoutError when the deadline passed in between: "
-    "UNKNOWN 'Internal Server Error' (seen 1 in ~10 runs with 100u)",
-)
 # expired by the time the server reads the headers (100u: expiring just then)
-EXPIRED = ["1n", "1u", pytest.param("100u", marks=RACE_100U)]
+EXPIRED = ["1n", "1u", "100u"]
 
 
 async def _deadline_call(server: EchoServer, timeout: str) -> dict[str, str]:
@@ -169,7 +163,6 @@ async def test_server_answers_deadline_exceeded_itself(timeout: str) -> None:
         assert server.echo.finished == 0
 
 
-@RACE_100U
 async def test_grpcio_1ms_deadlines_are_never_internal(pb2: Any) -> None:
     """grpcio sends what remains of a 1 ms deadline, often already expired when the server reads
     it. The server used to answer those UNKNOWN "Internal Server Error" (grpcio: INTERNAL)."""

@@ -76,6 +76,27 @@ class StackHandler(ServerHandlerBase):
             stream._grpcstack_reset_early = True  # type: ignore[attr-defined]
 
 
+class _DeadlineTimer:
+    """Cancels the call's task through its wrapper when ``timeout`` seconds have passed."""
+
+    __slots__ = ("_handle", "_timeout", "_wrapper")
+
+    def __init__(self, wrapper: Wrapper, timeout: float) -> None:
+        self._wrapper = wrapper
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(self._timeout, self._fire)
+
+    def _fire(self) -> None:
+        self._wrapper.cancel(TimeoutError("Deadline exceeded"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
 async def _abort(
     stream: protocol.Stream, status: Status, message: str, extra: _Headers | None = None
 ) -> None:
@@ -179,13 +200,16 @@ async def handle_request(
             wrapper: Wrapper
             # already expired (grpc-timeout 0S, 1n...): the hooks run (the call is counted),
             # the handler does not, and the answer is DEADLINE_EXCEEDED
-            expired = deadline is not None and deadline.time_remaining() <= 0
+            remaining = 0.0 if deadline is None else deadline.time_remaining()
+            expired = deadline is not None and remaining <= 0
             if deadline is None or expired:
                 wrapper = h2_stream.wrapper = Wrapper()
                 deadline_ctx: Any = nullcontext()
             else:
                 wrapper = h2_stream.wrapper = DeadlineWrapper()
-                deadline_ctx = wrapper.start(deadline)
+                # not DeadlineWrapper.start(): it re-reads the clock and raises at entry when
+                # the deadline passed since our check, before any hook could count the call
+                deadline_ctx = _DeadlineTimer(wrapper, remaining)
             try:
                 with deadline_ctx, wrapper:
                     stream.metadata, method_func = await dispatch.recv_request(
