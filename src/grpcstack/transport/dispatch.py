@@ -233,8 +233,8 @@ async def handle_request(
                 call.peer_cancelled = True  # the connection was lost
                 raise
             except TimeoutError:
-                # DeadlineWrapper.start raises at entry, before marking itself cancelled, when
-                # the deadline passed after our own check above: that is DEADLINE_EXCEEDED too
+                # a TimeoutError once the call's deadline has passed is DEADLINE_EXCEEDED too,
+                # whoever raised it first (our timer, or a handler timing out on it)
                 passed = deadline is not None and deadline.time_remaining() <= 0
                 if wrapper.cancelled or wrapper.cancel_failed or passed:
                     raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded") from None
