@@ -68,10 +68,6 @@ def lift_inbound_stream_limit(h2_conn: H2Connection) -> None:
     )
 
 
-def h2_of(connection: grpclib.protocol.Connection) -> H2Connection:
-    return connection._connection  # type: ignore[no-any-return]
-
-
 def drop_buffered(stream: grpclib.protocol.Stream) -> None:
     """Release the bytes a reset or abandoned stream still holds (acked and not yet read)."""
     buffer = stream.buffer
