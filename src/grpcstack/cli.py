@@ -321,12 +321,17 @@ def _bench(args: argparse.Namespace) -> int:
         streams=args.streams,
         uvloop=not args.no_uvloop,
     )
+    return _run_and_report(middleware, opts)
+
+
+def _run_and_report(module: Any, opts: Any, errors: Any = RuntimeError) -> int:
+    """Run one benchmark module and print its report; a failure is one line and exit 1."""
     try:
-        result = middleware.run(opts)
-    except RuntimeError as exc:
+        result = module.run(opts)
+    except errors as exc:
         print(f"grpcstack bench: {exc}", file=sys.stderr)
         return 1
-    print(middleware.report(result))
+    print(module.report(result))
     return 0
 
 
@@ -347,13 +352,7 @@ def _bench_workers(args: argparse.Namespace) -> int:
         streams=args.streams,
         uvloop=not args.no_uvloop,
     )
-    try:
-        result = workers.run(opts)
-    except RuntimeError as exc:
-        print(f"grpcstack bench: {exc}", file=sys.stderr)
-        return 1
-    print(workers.report(result))
-    return 0
+    return _run_and_report(workers, opts)
 
 
 def _bench_client(args: argparse.Namespace) -> int:
@@ -370,13 +369,7 @@ def _bench_client(args: argparse.Namespace) -> int:
         profile=args.profile,
         uvloop=args.uvloop,
     )
-    try:
-        result = client.run(opts)
-    except RuntimeError as exc:
-        print(f"grpcstack bench: {exc}", file=sys.stderr)
-        return 1
-    print(client.report(result))
-    return 0
+    return _run_and_report(client, opts)
 
 
 def _bench_http(args: argparse.Namespace) -> int:
@@ -396,13 +389,7 @@ def _bench_http(args: argparse.Namespace) -> int:
         opts.request = bytes.fromhex(args.request_hex)
     if args.request_json is not None:
         opts.request_json = json.loads(args.request_json)
-    try:
-        result = http.run(opts)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        print(f"grpcstack bench: {exc}", file=sys.stderr)
-        return 1
-    print(http.report(result))
-    return 0
+    return _run_and_report(http, opts, (RuntimeError, OSError, subprocess.CalledProcessError))
 
 
 def _bench_cache(args: argparse.Namespace) -> int:
