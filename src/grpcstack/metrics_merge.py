@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,8 +29,16 @@ from prometheus_client.registry import Collector
 
 from .observability import MetricsExporter
 
-if TYPE_CHECKING:
-    from .workers import Supervisor
+
+class WorkerPool(Protocol):
+    """What the exporter reads of the workers' supervisor (``workers.Supervisor``)."""
+
+    @property
+    def alive(self) -> int: ...
+    @property
+    def restarts(self) -> int: ...
+    def worker_metrics_ports(self) -> list[int]: ...
+
 
 log = logging.getLogger("grpcstack.metrics")
 
@@ -99,7 +107,7 @@ class _Static(Collector):
 class MergingExporter(MetricsExporter):
     """``/metrics`` of the supervisor: the sum of every live worker's registry."""
 
-    def __init__(self, supervisor: Supervisor, host: str, port: int) -> None:
+    def __init__(self, supervisor: WorkerPool, host: str, port: int) -> None:
         super().__init__(CollectorRegistry(), host, port)
         self.supervisor = supervisor
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .listener import InvalidationListener
     from .memory import LRUMemoryCache
     from .metrics import CacheMetrics
-    from .tiered import Tier
+    from .tier import Tier
 
 log = logging.getLogger("grpcstack.cache")
 

@@ -26,14 +26,13 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from aiocache.base import BaseCache
-
 from .envelope import KIND_NEGATIVE, KIND_TOMBSTONE, KIND_VALUE, unwrap, wrap
 from .generations import Generations
 from .invalidation import Invalidation
 from .listener import InvalidationListener
 from .memory import LRUMemoryCache
 from .metrics import CacheMetrics
+from .tier import Tier
 
 log = logging.getLogger("grpcstack.cache")
 
@@ -47,14 +46,6 @@ class Negative:
 
 #: returns the value's bytes, or a Negative (None is a Negative without a message)
 Loader = Callable[[], Awaitable[bytes | Negative | None]]
-
-
-@dataclass
-class Tier:
-    name: str  # metric label: l1, l2, l3
-    cache: BaseCache
-    ttl: float  # seconds this tier keeps a value at most
-    timeout: float | None = None  # per-operation budget (remote tiers)
 
 
 @dataclass(frozen=True)
