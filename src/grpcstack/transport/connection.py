@@ -459,14 +459,16 @@ class StackProtocol(asyncio.Protocol):
             return
         self._drain_reason = reason
         self._drain_state = -1  # waiting for an idle moment
-        if not self.processor.streams:
-            self._idle_while_draining()
-        elif self.rides_goaway:
+        if self.rides_goaway and self.processor.streams:
             self.send_goaway(NO_ERROR, reason, final=False)
             self._send_drain_ping()
-        else:
-            # no quiet moment within this long: refuse new streams (no GOAWAY: the peer cannot
-            # take one while busy), let the calls it has finish, then GOAWAY once quiet
+            return
+        if not self.processor.streams:
+            self._idle_while_draining()
+        if not self.rides_goaway:
+            # no quiet moment within this long (idle now or not: it may turn busy): refuse new
+            # streams (no GOAWAY, the peer cannot take one while busy), let the calls it has
+            # finish, then GOAWAY once quiet
             timer = self.loop.call_later(self.policy.drain_busy_refuse_after, self._refuse_new)
             self._timers.append(timer)
 
