@@ -20,24 +20,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from ..codec import PreEncoded, Unsupported, plan
 from ..context import current_call
+from .binding import BINDING_ATTR, Binding
 from .envelope import KIND_NEGATIVE
 from .keys import request_key
 from .tiered import Negative
 
-if TYPE_CHECKING:
-    from .grpc import GrpcCache
-
 F = TypeVar("F", bound=Callable[..., Any])
 #: ``(service, request) -> str``: the key material used instead of the whole request message
 KeyFn = Callable[[Any, Any], str]
-BINDING_ATTR = "_grpcstack_cache"
 
 
 @dataclass(frozen=True)
@@ -47,14 +44,6 @@ class CacheSpec:
     tiers: tuple[str, ...] | None
     key: KeyFn | None
     shared: bool
-
-
-@dataclass
-class Binding:
-    """What the server attaches to a service: its cache and, per method, path and reply type."""
-
-    cache: GrpcCache
-    methods: dict[str, tuple[str, type]]  # python attribute -> (/pkg.Svc/Method, reply type)
 
 
 def cached(

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from ..context import current_call
 from ..middleware.concurrency import ConcurrencyLimitMiddleware
 from ..middleware.errors import ErrorHandlingMiddleware
-from .decorator import BINDING_ATTR, Binding, CacheSpec, cache_specs, caller_scope, key_material
+from .binding import BINDING_ATTR, Binding
+from .decorator import CacheSpec, cache_specs, caller_scope, key_material
 from .keys import method_prefix, request_key
 from .memory import LRUMemoryCache
 from .metrics import CacheMetrics
