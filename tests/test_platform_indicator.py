@@ -3,6 +3,8 @@ reference computation, and the call to market data carrying deadline, correlatio
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
+from client_helpers import client_settings
 from conftest import channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -23,6 +26,7 @@ from gen.indicator.v1 import (
     GetIndicatorMetadataRequest,
     IndicatorServiceStub,
 )
+from grpcstack.client import Client
 from grpcstack.context import CallContext
 from grpcstack.middleware import Middleware
 from grpcstack.middleware.base import methods
@@ -194,6 +198,52 @@ async def test_market_data_call_carries_deadline_correlation_id_and_user(
     )
     _, remaining, _ = server.recorder.calls[1]
     assert remaining is not None and 4 < remaining <= 10
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, method: str) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "grpcstack.access"]
+    return [line for line in lines if line["grpc.method"] == method]
+
+
+async def test_market_data_call_goes_through_grpcstack_client(
+    server: RecordingPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the outer caller is grpcstack.Client too; the inner call is the platform's Client
+    caplog.set_level(logging.INFO, logger="grpcstack.access")
+    server.recorder.calls.clear()
+    handled = {
+        "grpc_service": "marketdata.v1.MarketDataService",
+        "grpc_method": "GetBars",
+        "grpc_type": "server_stream",
+        "grpc_code": "OK",
+    }
+    before = server.metrics_registry.get_sample_value("grpc_client_handled_total", handled) or 0
+    async with Client(f"127.0.0.1:{server.port}", settings=client_settings()) as outer:
+        stub = outer.stub(IndicatorServiceStub)
+        reply = await stub.compute_indicator(
+            ComputeIndicatorRequest(symbol="AAPL", indicator="sma", parameters={"period": 5}),
+            metadata={**ME, "x-correlation-id": "corr-client-7"},
+            timeout=3,
+        )
+        assert reply.bars_used == len(CLOSES)
+        # no correlation id from the caller: the indicator's generated one travels on
+        await stub.compute_indicator(
+            ComputeIndicatorRequest(symbol="AAPL", indicator="ema"), metadata=ME, timeout=3
+        )
+    (cid1, remaining1, user1), (cid2, remaining2, _) = server.recorder.calls
+    assert (cid1, user1) == ("corr-client-7", "alice")
+    assert remaining1 is not None and 0 < remaining1 <= 3
+    assert remaining2 is not None and 0 < remaining2 <= 3
+    # the market data side's access log: the caller's correlation id and user on GetBars
+    outer_lines = access_lines(caplog, "ComputeIndicator")[-2:]
+    inner_lines = access_lines(caplog, "GetBars")[-2:]
+    assert [i["correlation_id"] for i in inner_lines] == [o["correlation_id"] for o in outer_lines]
+    assert inner_lines[0]["correlation_id"] == "corr-client-7" and cid2 is not None
+    assert inner_lines[1]["correlation_id"] == cid2
+    assert {i["user_id"] for i in inner_lines} == {"alice"}
+    # the inner call was the platform's grpcstack.Client (its grpc_client_* metrics counted it)
+    after = server.metrics_registry.get_sample_value("grpc_client_handled_total", handled)
+    assert after == before + 2
 
 
 async def test_metadata_cached_in_l1(server: PlatformServer, stub: IndicatorServiceStub) -> None:

@@ -100,7 +100,9 @@ class PlatformServer(AsyncBaseServer):
         self.strategy = StrategyService(self.resources.mongo_db())
         await self.strategy.ensure_indexes()
         self.market_data_client = MarketDataClient(
-            self._market_data_target, default_timeout=s.INDICATOR_CALL_TIMEOUT_SECONDS
+            self._market_data_target,
+            default_timeout=s.INDICATOR_CALL_TIMEOUT_SECONDS,
+            metrics_registry=self.metrics_registry,  # grpc_client_* of the call, on /metrics
         )
         self.indicator = IndicatorService(self.market_data_client, max_bars=s.INDICATOR_MAX_BARS)
         self.llm_engine = self._llm_engine()
@@ -119,7 +121,7 @@ class PlatformServer(AsyncBaseServer):
         return [self.strategy, self.market_data, self.indicator, self.llm, self.ocr]
 
     async def after_stop(self) -> None:
-        self.market_data_client.close()
+        await self.market_data_client.aclose()
         await self.llm_engine.close()
         self._close_ocr()
         await self._stop_embedded()
@@ -146,13 +148,12 @@ class PlatformServer(AsyncBaseServer):
 
         return ExtractiveAnalyzer()
 
-    def _market_data_target(self) -> tuple[str, int]:
+    def _market_data_target(self) -> str:
         target = self.settings.MARKET_DATA_GRPC_TARGET
         if target:
-            host, _, port = target.rpartition(":")
-            return host.strip("[]") or "127.0.0.1", int(port)
+            return target
         host = self.settings.GRPC_SERVER_HOST
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
         assert self.port is not None, "the market data target is this server: not started yet"
-        return host, self.port
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"

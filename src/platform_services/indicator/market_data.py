@@ -1,76 +1,79 @@
-"""The indicator service's one call to the market data service, over gRPC.
+"""The indicator service's one call to the market data service, through grpcstack.Client.
 
-This module is the only place the indicator service talks to another service. The call carries
-the caller's remaining deadline (or INDICATOR_CALL_TIMEOUT_SECONDS when it has none), its
-correlation id and its identity (user-id / authorization metadata), so the market data side
-logs, limits and authorises it as the original caller's call.
-
-It uses a grpclib Channel with the stack's codec today; grpcstack's own Client replaces it here
-when that lands, and nothing else changes.
+This module is the only place the indicator service talks to another service. The Client gives
+the call the caller's remaining deadline (capped by INDICATOR_CALL_TIMEOUT_SECONDS, which also
+applies when the caller has none) and its correlation id (README "Client", propagation); this
+module adds the caller's identity (user-id / authorization metadata), so the market data side
+logs, limits and authorises it as the original caller's call. GRPC_CLIENT_* settings (retries,
+connect timeout, TLS, ...) apply; the client's own identity settings do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.encoding.proto import ProtoStatusDetailsCodec
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
+from prometheus_client import CollectorRegistry
 
 from gen.marketdata.v1 import Bar, GetBarsRequest, MarketDataServiceStub
-from grpcstack.codec import StackCodec
-from grpcstack.context import current_call, outgoing_metadata
+from grpcstack.client import Client, MethodConfig
+from grpcstack.context import current_call
+from grpcstack.settings import ClientSettings
 
+SERVICE = "marketdata.v1.MarketDataService"
 FORWARDED = ("user-id", "authorization")
 
 
 class MarketDataClient:
-    def __init__(self, target: Callable[[], tuple[str, int]], *, default_timeout: float) -> None:
+    """``target()`` ("host:port") is asked on the first call: by default the market data
+    service is the platform's own server, whose port is known only once it listens."""
+
+    def __init__(
+        self,
+        target: Callable[[], str],
+        *,
+        default_timeout: float,
+        settings: ClientSettings | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
         self._target = target
         self._default_timeout = default_timeout
-        self._channel: Channel | None = None
+        self._settings = settings
+        self._metrics_registry = metrics_registry
+        self._client: Client | None = None
 
-    def _stub(self) -> MarketDataServiceStub:
-        if self._channel is None:
-            host, port = self._target()
-            self._channel = Channel(
-                host,
-                port,
-                codec=StackCodec(),  # type: ignore[arg-type]
-                status_details_codec=ProtoStatusDetailsCodec(),
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            s = self._settings if self._settings is not None else ClientSettings.load()
+            # the call is made as the caller (FORWARDED), never as a configured identity
+            s = s.model_copy(update={"GRPC_CLIENT_USER_ID": None, "GRPC_CLIENT_BEARER_TOKEN": None})
+            self._client = Client(
+                [self._target()],
+                settings=s,
+                methods={SERVICE: MethodConfig(timeout=self._default_timeout)},
+                metrics_registry=self._metrics_registry,
             )
-        return MarketDataServiceStub(self._channel)
+        return self._client
 
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
-    def _call_options(self) -> tuple[float, dict[str, str]]:
-        metadata = dict(outgoing_metadata())
-        timeout = self._default_timeout
-        call = current_call()
-        if call is not None:
-            remaining = call.time_remaining()
-            if remaining is not None:
-                timeout = min(timeout, remaining)
-            for key in FORWARDED:
-                value = call.metadata.get(key)
-                if value is not None and isinstance(value, str):
-                    metadata[key] = value
-        return timeout, metadata
+    async def aclose(self, grace: float = 0.0) -> None:
+        if self._client is not None:
+            await self._client.aclose(grace)
+            self._client = None
 
     async def get_bars(self, symbol: str, start: int, end: int, interval: str) -> list[Bar]:
-        timeout, metadata = self._call_options()
-        if timeout <= 0:
-            raise GRPCError(Status.DEADLINE_EXCEEDED, "no time left to fetch market data")
+        metadata: dict[str, str] = {}
+        call = current_call()
+        if call is not None:
+            for key in FORWARDED:
+                value = call.metadata.get(key)
+                if isinstance(value, str):
+                    metadata[key] = value
         request = GetBarsRequest(symbol=symbol, start=start, end=end, interval=interval)
+        stub = self.client.stub(MarketDataServiceStub)
         try:
-            return [
-                bar
-                async for bar in self._stub().get_bars(request, timeout=timeout, metadata=metadata)
-            ]
+            return [bar async for bar in stub.get_bars(request, metadata=metadata)]
         except GRPCError as err:
             if err.status in (Status.NOT_FOUND, Status.INVALID_ARGUMENT):
                 raise  # the caller's own mistake, with the field it names
@@ -78,12 +81,10 @@ class MarketDataClient:
                 raise GRPCError(
                     Status.DEADLINE_EXCEEDED, "market data: deadline exceeded"
                 ) from None
+            if err.status is Status.UNAVAILABLE:
+                raise GRPCError(
+                    Status.UNAVAILABLE, f"market data service unreachable: {err.message}"
+                ) from None
             raise GRPCError(
                 Status.UNAVAILABLE, f"market data service failed: {err.status.name}"
-            ) from None
-        except TimeoutError:
-            raise GRPCError(Status.DEADLINE_EXCEEDED, "market data: deadline exceeded") from None
-        except (OSError, StreamTerminatedError) as exc:
-            raise GRPCError(
-                Status.UNAVAILABLE, f"market data service unreachable: {type(exc).__name__}"
             ) from None
