@@ -17,6 +17,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from images import text_image
 from platform_util import cache_count, loads, platform, user
+from waiting import eventually
 
 from gen.indicator.v1 import ComputeIndicatorRequest, IndicatorServiceStub
 from gen.llm.v1 import LlmRequest, LlmServiceStub
@@ -109,6 +110,50 @@ async def test_the_cli_serves_every_service_on_embedded_defaults(tmp_path: Path)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet has stopped too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_killed_platform_takes_its_embedded_mongodb_along(tmp_path: Path) -> None:
+    # SIGKILL runs no shutdown code: only the kernel (PR_SET_PDEATHSIG) can stop the child
+    proc, _ = await start_cli(
+        "platform_services.server:PlatformServer",
+        cwd=str(tmp_path),
+        env={
+            "GRPC_HTTP_PORT": "0",
+            "PLATFORM_LOAD_SAMPLE_DATA": "false",
+            "PLATFORM_MONGO_STORAGE": str(tmp_path / "mongo"),  # on disk: SIGTERM, not a kill
+            "OCR_ENGINE": "tesseract",  # no models to load: OCR's health is not the point here
+        },
+        startup_timeout=120,
+    )
+    children: list[int] = []
+    try:
+        children = [p for p in processes_in(tmp_path) if p != proc.pid]
+        assert len(children) == 1
+        assert "secantusd" in cmdline(children[0])
+        proc.kill()
+        await proc.wait()
+        await eventually(lambda: not alive(children[0]), timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in children:  # only when the test failed: do not leave it running
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

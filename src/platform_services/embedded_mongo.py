@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("platform_services.embedded_mongo")
@@ -35,6 +38,33 @@ def find_binary() -> str:
             "(or make setup), or point MONGO_URL at a MongoDB server"
         )
     return found
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send the child SIGTERM when this process dies, even by
+    SIGKILL (Linux's PR_SET_PDEATHSIG); None elsewhere or when prctl cannot be found.
+
+    prctl is resolved here, before the fork: the child of a threaded parent (ONNX Runtime's
+    threads) must not import or take locks before exec. The signal follows the forking THREAD's
+    exit, so start the child from the thread that lives as long as the server (its loop's)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        if prctl(pr_set_pdeathsig, sigterm, 0, 0, 0) != 0:
+            return  # not fatal: the child then outlives a killed parent, as it would elsewhere
+        if os.getppid() != parent:  # the parent died before prctl: nobody will stop this child
+            os._exit(1)
+
+    return preexec
 
 
 def _free_port(host: str) -> int:
@@ -75,6 +105,8 @@ class EmbeddedMongo:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
+                    # a platform killed with SIGKILL must not leave its MongoDB running
+                    preexec_fn=die_with_parent(),
                 )
             finally:
                 if hasattr(out, "close"):
