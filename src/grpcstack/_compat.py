@@ -293,8 +293,11 @@ class ClientHeaderEncoder(_HpackEncoder):
         else:
             block = super().encode(key, huffman)
             if self._table_state() != before:
+                # the block inserted entries: it decodes right only against the table as it
+                # was before, so it is never replayed (the next call re-encodes, all indexed)
                 self._version += 1
-            self._cache[key] = (self._version, block)
+            else:
+                self._cache[key] = (self._version, block)
         if len(headers) == n:
             return block
         literal = self._encode_literal
