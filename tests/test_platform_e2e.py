@@ -2,7 +2,7 @@
 grpcstack.Client, on embedded defaults and with a real redis-server (L2); cache hits and
 invalidations read from the server's grpcstack_cache_* metrics.
 
-One scenario drives all 20 RPCs through a small driver per client (the same calls, the same
+One scenario drives all 19 RPCs through a small driver per client (the same calls, the same
 checks). Each run has its own user, symbol, image and keys, so the two clients' runs on one
 server never see each other's cache entries. With Redis a second replica (sharing the first's
 MongoDB and the Redis) answers the cached calls from L2 without loading them.
