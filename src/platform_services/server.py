@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from grpcstack import AsyncBaseServer, ServerSettings
 from grpcstack.resources import Resources
+from grpcstack.settings import ClientSettings
 
 from . import sample_data
 from .embedded_mongo import EmbeddedMongo, EmbeddedMongoError
@@ -102,6 +103,7 @@ class PlatformServer(AsyncBaseServer):
         self.market_data_client = MarketDataClient(
             self._market_data_target,
             default_timeout=s.INDICATOR_CALL_TIMEOUT_SECONDS,
+            settings=ClientSettings.load(),  # GRPC_CLIENT_*: a bad one fails the start, not a call
             metrics_registry=self.metrics_registry,  # grpc_client_* of the call, on /metrics
         )
         self.indicator = IndicatorService(self.market_data_client, max_bars=s.INDICATOR_MAX_BARS)
