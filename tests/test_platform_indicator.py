@@ -20,6 +20,7 @@ from conftest import channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from platform_util import cache_count, loads, platform_settings, user
+from waiting import eventually
 
 from gen.indicator.v1 import (
     ComputeIndicatorRequest,
@@ -235,8 +236,12 @@ async def test_market_data_call_goes_through_grpcstack_client(
     assert remaining1 is not None and 0 < remaining1 <= 3
     assert remaining2 is not None and 0 < remaining2 <= 3
     # the market data side's access log: the caller's correlation id and user on GetBars
-    outer_lines = access_lines(caplog, "ComputeIndicator")[-2:]
-    inner_lines = access_lines(caplog, "GetBars")[-2:]
+    # (a line is written once the call's trailers went out: it may follow the client's return)
+    await eventually(
+        lambda: [len(access_lines(caplog, m)) for m in ("ComputeIndicator", "GetBars")] == [2, 2]
+    )
+    outer_lines = access_lines(caplog, "ComputeIndicator")
+    inner_lines = access_lines(caplog, "GetBars")
     assert [i["correlation_id"] for i in inner_lines] == [o["correlation_id"] for o in outer_lines]
     assert inner_lines[0]["correlation_id"] == "corr-client-7" and cid2 is not None
     assert inner_lines[1]["correlation_id"] == cid2
