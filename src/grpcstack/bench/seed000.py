@@ -56,6 +56,7 @@ class Options:
     requests: int = 1_000
     concurrency: int = 10
     hit_rate: float = 0.92
+    profile: bool = False  # py-spy on the cache server during one more all-hits run
 
 
 def _seed_keys(mongo_url: str, count: int) -> list[bytes]:
@@ -101,6 +102,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="grpcstack-seed000-"))
     redis, mongo = redis_server(), mongo_server()
     servers: list[ServerProcess] = []
+    profiles: dict[str, Any] = {}
     rng = random.Random(0)
     per_round: dict[str, list[dict[str, Any]]] = {BEFORE: [], NO_CACHE: [], CACHE: []}
     sent = dict.fromkeys(per_round, 0)
@@ -182,6 +184,10 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     hits = [x for x, rep in zip(lat, repeat, strict=True) if rep]
                     row["hit_p99"] = percentile(hits, 99) if hits else None
                 per_round[s.name].append(row)
+        if opts.profile:
+            hits = _schedule(key_sets[-1], 5 * opts.requests, rng)  # all cached by now
+            profiles = _profile(servers[-1], hits, opts.concurrency, tmp)
+            sent[CACHE] += len(hits)
         ok_after = {n: _ok_count(metrics[n], METHOD) for n in (NO_CACHE, CACHE)}
     finally:
         for s in servers:
@@ -194,7 +200,27 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     for name, n in ok_after.items():
         if n != sent[name]:
             raise RuntimeError(f"{name}: Prometheus counted {n} OK of {sent[name]} calls")
-    return [_table(opts, per_round, nkeys)], {"rounds": per_round, "verified_ok_calls": sent}
+    return [_table(opts, per_round, nkeys)], {
+        "rounds": per_round,
+        "verified_ok_calls": sent,
+        "profiles": profiles,
+    }
+
+
+def _profile(s: ServerProcess, calls: list[bytes], concurrency: int, tmp: Path) -> dict[str, Any]:
+    """py-spy self time of the cache server while the load sends only L1 hits."""
+    import threading
+
+    from . import profile
+
+    assert s.proc is not None
+    result: dict[str, Any] = {}
+    sampler = threading.Thread(target=lambda: result.update(profile.record(s.proc.pid, 4)))  # type: ignore[union-attr]
+    sampler.start()
+    _load(s.port, calls, concurrency, tmp)
+    sampler.join(120)
+    print(profile.text(result, f"{s.name}, L1 hits"), file=sys.stderr)
+    return {s.name: result}
 
 
 def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int) -> Table:
