@@ -16,7 +16,8 @@ same script call, counted in Redis at once, and spends them locally until they r
 window ends. Tokens are counted before they are spent, so the processes together never admit more
 than the limit; the price is under-admission: tokens a process holds but does not spend before
 the window ends are lost to the others, at most ``processes x lease`` per limit per window.
-Concurrent requests short of the same tokens share one reservation (single flight).
+Concurrent requests short of the same tokens share one reservation (single flight), and a lease
+running low is topped up (back to its size) in the background before it runs out.
 
 When Redis fails it degrades to the in-process limiter (or fails open/closed, as configured)
 behind a circuit breaker: one failure per state counts (a burst of concurrent failures is one
@@ -201,7 +202,9 @@ class RedisLimiter:
         self.attempts = 0  # script calls sent to Redis
         self.lease = max(1, lease)  # 1: one script call per request, nothing held locally
         self.lease_fraction = lease_fraction
-        self._leases: dict[str, list[float]] = {}  # key -> [tokens left, valid until (clock)]
+        # key -> [tokens left, valid until (clock), low-water mark that starts a top-up]
+        self._leases: dict[str, list[float]] = {}
+        self._ahead: set[asyncio.Task[Decision]] = set()
         self._sizes: dict[int, int] = {}  # max_requests -> lease size
         self._flights: dict[tuple[str, ...], asyncio.Future[Decision | None]] = {}
         self._refused: dict[str, float] = {}  # key -> refused until (clock), lease mode only
@@ -229,9 +232,22 @@ class RedisLimiter:
             lease = leases.get(limit.key)
             if lease is None or lease[0] < 1 or lease[1] <= now:
                 return False
+        low = False
         for limit in limits:
-            leases[limit.key][0] -= 1
+            lease = leases[limit.key]
+            lease[0] -= 1
+            low = low or lease[0] < lease[2]
+        if low:
+            self._top_up(limits, now)
         return True
+
+    def _top_up(self, limits: Sequence[Limit], now: float) -> None:
+        """A lease running low is topped up in the background (back to its size, no more), so
+        requests do not stall on the round trip when it runs out."""
+        short = [x for x in limits if self._leases[x.key][0] < self._leases[x.key][2]]
+        if self.state != "closed" or tuple(x.key for x in short) in self._flights:
+            return
+        self._flight(short, [self.lease_size(x) - int(self._leases[x.key][0]) for x in short])
 
     async def hit(self, limits: Sequence[Limit]) -> Decision:
         if self.lease == 1:
@@ -255,27 +271,31 @@ class RedisLimiter:
             if min(wants) == 1:  # a limit too small to lease: this request counts in Redis
                 wants = [1 if self._holds(x, now) else self.lease_size(x) for x in limits]
                 return await self._reserve(limits, wants, lease=True)
-            refused = await self._refill(short, wants)
+            refused = await asyncio.shield(self._flight(short, wants))
             if refused is not None:
                 return refused
         return await self._reserve(limits, [1] * len(limits))  # lost every round: count exactly
 
-    async def _refill(self, short: list[Limit], wants: list[int]) -> Decision | None:
-        """Reserve leases for ``short``, or wait for the reservation already under way; the
-        refusal, if Redis refused (it holds for every request waiting on it)."""
-        flight_key = tuple(x.key for x in short)
-        flight = self._flights.get(flight_key)
-        if flight is not None:
-            return await asyncio.shield(flight)
-        flight = self._flights[flight_key] = asyncio.get_running_loop().create_future()
-        refused = None
-        try:
-            decision = await self._reserve(short, wants, lease=True, take=False)
-            refused = None if decision.allowed else decision
-        finally:
-            del self._flights[flight_key]
-            flight.set_result(refused)
-        return refused
+    def _flight(self, short: list[Limit], wants: list[int]) -> asyncio.Future[Decision | None]:
+        """The reservation under way for ``short``, or a new one in its own task (a request
+        that leaves does not cancel what the others wait for). It resolves to Redis's refusal,
+        which holds for every request waiting on it, or None."""
+        key = tuple(x.key for x in short)
+        flight = self._flights.get(key)
+        if flight is None:
+            loop = asyncio.get_running_loop()
+            flight = self._flights[key] = loop.create_future()
+            task = loop.create_task(self._reserve(short, wants, lease=True, take=False))
+            self._ahead.add(task)  # referenced until done
+
+            def landed(task: asyncio.Task[Decision], key: tuple[str, ...] = key) -> None:
+                self._ahead.discard(task)
+                done = self._flights.pop(key)
+                ok = task.cancelled() or task.exception() is not None or task.result().allowed
+                done.set_result(None if ok else task.result())
+
+            task.add_done_callback(landed)
+        return flight
 
     def _holds(self, limit: Limit, now: float) -> bool:
         lease = self._leases.get(limit.key)
@@ -339,7 +359,7 @@ class RedisLimiter:
                 held[0] += granted
                 held[1] = min(held[1], until)
             elif granted > 0:
-                leases[limit.key] = [float(granted), until]
+                leases[limit.key] = [float(granted), until, self.lease_size(limit) // 4]
 
     def _sweep(self, now: float) -> None:
         """Bounded memory: expired leases and refusals go once per window."""
