@@ -160,7 +160,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
             repeat = [c in first_seen or first_seen.add(c) for c in calls]  # type: ignore[func-returns-value]
             for s in servers:
                 counts0 = _cache_counts(metrics[CACHE]) if s.name == CACHE else None
-                cpu0 = s.cpu_seconds()
+                cpu0, wait0 = s.cpu_seconds(), s.runqueue_seconds()
                 result = _load(s.port, calls, opts.concurrency, tmp)
                 cpu_ms = 1000 * (s.cpu_seconds() - cpu0) / len(calls)
                 sent[s.name] += len(calls)
@@ -173,6 +173,10 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     "error_rate": 100 * (len(calls) - ok) / len(calls),
                     "rps": len(calls) / result["wall_s"],
                     "cpu_ms": cpu_ms,
+                    "busy": 100 * (s.cpu_seconds() - cpu0) / result["wall_s"],
+                    "runqueue": 100 * (s.runqueue_seconds() - wait0) / result["wall_s"],
+                    "client_cpu_ms": 1000 * result["cpu_s"] / len(calls),
+                    "client_busy": 100 * result["cpu_s"] / result["wall_s"],
                     "statuses": result["statuses"],
                     **{f"rss_{k}": v for k, v in s.rss_mb().items()},
                 }
@@ -261,6 +265,16 @@ def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int
     )
     t.add(Row("cache-hit P99 (repeat keys)", "ms", {CACHE: med(CACHE, "hit_p99")}))
     t.add(Row("server CPU per call", "CPU ms", {c: med(c, "cpu_ms") for c in cols}))
+    t.add(Row("server busy (CPU / wall)", "%", {c: med(c, "busy") for c in cols}))
+    t.add(
+        Row(
+            "server runnable, waiting for a core (run queue / wall)",
+            "%",
+            {c: med(c, "runqueue") for c in cols},
+        )
+    )
+    t.add(Row("load generator CPU per call", "CPU ms", {c: med(c, "client_cpu_ms") for c in cols}))
+    t.add(Row("load generator busy (CPU / wall)", "%", {c: med(c, "client_busy") for c in cols}))
     t.add(
         Row(
             "memory (server RSS)",
