@@ -189,7 +189,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     row["hit_p99"] = percentile(hits, 99) if hits else None
                 per_round[s.name].append(row)
         if opts.profile:
-            hits = _schedule(key_sets[-1], 5 * opts.requests, rng)  # all cached by now
+            hits = _schedule(key_sets[-1], 10 * opts.requests, rng)  # all cached by now
             profiles = _profile(servers[-1], hits, opts.concurrency, tmp)
             sent[CACHE] += len(hits)
         ok_after = {n: _ok_count(metrics[n], METHOD) for n in (NO_CACHE, CACHE)}
@@ -204,7 +204,9 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     for name, n in ok_after.items():
         if n != sent[name]:
             raise RuntimeError(f"{name}: Prometheus counted {n} OK of {sent[name]} calls")
-    return [_table(opts, per_round, nkeys)], {
+    table = _table(opts, per_round, nkeys)
+    table.notes += _profile_notes(profiles)
+    return [table], {
         "rounds": per_round,
         "verified_ok_calls": sent,
         "profiles": profiles,
@@ -219,12 +221,32 @@ def _profile(s: ServerProcess, calls: list[bytes], concurrency: int, tmp: Path) 
 
     assert s.proc is not None
     result: dict[str, Any] = {}
-    sampler = threading.Thread(target=lambda: result.update(profile.record(s.proc.pid, 4)))  # type: ignore[union-attr]
+    sampler = threading.Thread(target=lambda: result.update(profile.record(s.proc.pid, 8)))  # type: ignore[union-attr]
     sampler.start()
     _load(s.port, calls, concurrency, tmp)
     sampler.join(120)
     print(profile.text(result, f"{s.name}, L1 hits"), file=sys.stderr)
     return {s.name: result}
+
+
+def _profile_notes(profiles: dict[str, Any]) -> list[str]:
+    """The profile in the report: where a cache hit's CPU goes."""
+    notes = []
+    for name, p in profiles.items():
+        if not p.get("samples"):
+            continue
+        packages = ", ".join(f"{k} {v}%" for k, v in list(p["packages"].items())[:8])
+        skip = ("cli.py", "runners.py")  # the whole run, not a part of it
+        inclusive = [
+            (k, v) for k, v in p.get("inclusive", {}).items() if not k.split(":")[0].endswith(skip)
+        ]
+        parts = ", ".join(f"{k.split(' (')[0]} {v}%" for k, v in inclusive[:12])
+        notes.append(
+            f"py-spy on {name}, an all-L1-hit run ({p['samples']} samples; `asyncio` is mostly "
+            f"uvloop's C loop, and runnable-but-waiting time shows there too): by package "
+            f"{packages}. Inclusive: {parts}."
+        )
+    return notes
 
 
 def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int) -> Table:
