@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):\d+\)$")
+_LINE = re.compile(r":\d+\)$")
 
 
 def _package(path: str) -> str:
@@ -49,7 +50,8 @@ def summarize(raw: str, top: int = 15) -> dict[str, Any]:
         package = _package(m.group("file")) if m else leaf
         by_package[package] += n
         by_frame[leaf] += n
-        for frame in set(stack.split(";")):
+        # per function, not per line: a frame counts once per sample however often it recurs
+        for frame in {_LINE.sub(")", f) for f in stack.split(";")}:
             if "grpcstack" in frame or "platform_services" in frame:
                 inclusive[frame] += n
         total += n
