@@ -236,11 +236,9 @@ def _profile_notes(profiles: dict[str, Any]) -> list[str]:
         if not p.get("samples"):
             continue
         packages = ", ".join(f"{k} {v}%" for k, v in list(p["packages"].items())[:8])
-        skip = ("cli.py", "runners.py")  # the whole run, not a part of it
-        inclusive = [
-            (k, v) for k, v in p.get("inclusive", {}).items() if not k.split(":")[0].endswith(skip)
-        ]
-        parts = ", ".join(f"{k.split(' (')[0]} {v}%" for k, v in inclusive[:12])
+        # the process's whole run (cli.py) is not a part of where a call's time goes
+        inclusive = [(k, v) for k, v in p.get("inclusive", {}).items() if "cli.py" not in k]
+        parts = ", ".join(f"{k.split(' (')[0]} {v}%" for k, v in inclusive[:16])
         notes.append(
             f"py-spy on {name}, an all-L1-hit run ({p['samples']} samples; `asyncio` is mostly "
             f"uvloop's C loop, and runnable-but-waiting time shows there too): by package "
