@@ -5,10 +5,11 @@ the part of it still inside the sliding window: ``previous * (1 - elapsed) + cur
 fixed window it does not let 2x the limit through at a window boundary, and it costs two integers
 per key. Several limits (per user, global) are checked together and counted only when all allow.
 
-``RedisLimiter`` runs the same arithmetic in ONE Lua script per request (all limits, Redis's own
-clock), so every process sharing the Redis enforces one limit. The script touches only the keys
-it is passed (one hash per limit), all under the limiter's ``{hash tag}``: one slot, so it runs
-on Redis Cluster too (the price: one node holds every counter of a limiter).
+``RedisLimiter`` runs the same arithmetic in ONE Lua script per request, or per lease (below),
+for all limits on Redis's own clock, so every process sharing the Redis enforces one limit. The
+script touches only the keys it is passed (one hash per limit), all under the limiter's
+``{hash tag}``: one slot, so it runs on Redis Cluster too (the price: one node holds every
+counter of a limiter).
 
 Leases (``lease`` > 1) take the round trip off most requests: when a process has no tokens for
 a limit it reserves up to ``lease`` of them (and at most ``lease_fraction`` of the limit) in the
@@ -17,7 +18,9 @@ window ends. Tokens are counted before they are spent, so the processes together
 than the limit; the price is under-admission: tokens a process holds but does not spend before
 the window ends are lost to the others, at most ``processes x lease`` per limit per window.
 Concurrent requests short of the same tokens share one reservation (single flight), and a lease
-running low is topped up (back to its size) in the background before it runs out.
+running low is topped up (back to its size) in the background before it runs out. A refusal
+from Redis is kept until its retry hint (the earliest the limit could allow again), so a caller
+over its limit costs no round trips either.
 
 When Redis fails it degrades to the in-process limiter (or fails open/closed, as configured)
 behind a circuit breaker: one failure per state counts (a burst of concurrent failures is one
