@@ -202,3 +202,28 @@ async def test_two_server_processes_racing_a_load_and_an_invalidation_end_fresh(
         for proc, _ in procs:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_a_hit_goes_out_as_stored_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving the cached RPC itself, a hit is never decoded (nor encoded again): the stored
+    bytes are the response."""
+    from grpcstack.cache import decorator
+
+    decoded: list[type] = []
+    real = decorator.decode
+
+    def watching(cls: type, data: bytes) -> Any:
+        decoded.append(cls)
+        return real(cls, data)
+
+    monkeypatch.setattr(decorator, "decode", watching)
+    server = GatedServer(settings())
+    async with running(server):
+        outs = [
+            await call("grpclib", server.port, "Echo", EchoRequest(message="hit")) for _ in "abc"
+        ]
+        assert [(o.status, o.responses[0].message) for o in outs] == [(Status.OK, "hit")] * 3
+        assert server.svc.loads == 1 and decoded == []
+        # called in process (not serving this RPC) it decodes, to hand back a message
+        assert (await server.svc.echo(EchoRequest(message="hit"))).message == "hit"
+        assert decoded == [EchoResponse]

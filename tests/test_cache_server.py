@@ -97,7 +97,12 @@ async def test_hits_and_negative_answers_in_metrics(mongo_process: Any, pb2: Any
 
 async def test_redis_killed_mid_test(mongo_process: Any, redis_process: Any) -> None:
     server = KvServer(
-        kv_settings(mongo_process, REDIS_URL=redis_process.url, GRPC_RATE_LIMIT_MAX_REQUESTS=1000)
+        kv_settings(
+            mongo_process,
+            REDIS_URL=redis_process.url,
+            GRPC_RATE_LIMIT_MAX_REQUESTS=1000,
+            GRPC_RATE_LIMIT_LEASE=1,  # every call asks Redis: the limiter sees it die at once
+        )
     )
     async with running(server):
         await seed(server, a="alpha", b="beta", c="gamma")

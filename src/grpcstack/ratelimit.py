@@ -5,10 +5,22 @@ the part of it still inside the sliding window: ``previous * (1 - elapsed) + cur
 fixed window it does not let 2x the limit through at a window boundary, and it costs two integers
 per key. Several limits (per user, global) are checked together and counted only when all allow.
 
-``RedisLimiter`` runs the same arithmetic in ONE Lua script per request (all limits, Redis's own
-clock), so every process sharing the Redis enforces one limit. The script touches only the keys
-it is passed (one hash per limit), all under the limiter's ``{hash tag}``: one slot, so it runs
-on Redis Cluster too (the price: one node holds every counter of a limiter).
+``RedisLimiter`` runs the same arithmetic in ONE Lua script per request, or per lease (below),
+for all limits on Redis's own clock, so every process sharing the Redis enforces one limit. The
+script touches only the keys it is passed (one hash per limit), all under the limiter's
+``{hash tag}``: one slot, so it runs on Redis Cluster too (the price: one node holds every
+counter of a limiter).
+
+Leases (``lease`` > 1) take the round trip off most requests: when a process has no tokens for
+a limit it reserves up to ``lease`` of them (and at most ``lease_fraction`` of the limit) in the
+same script call, counted in Redis at once, and spends them locally until they run out or Redis's
+window ends. Tokens are counted before they are spent, so the processes together never admit more
+than the limit; the price is under-admission: tokens a process holds but does not spend before
+the window ends are lost to the others, at most ``processes x lease`` per limit per window.
+Concurrent requests short of the same tokens share one reservation (single flight), and a lease
+running low is topped up (back to its size) in the background before it runs out. A refusal
+from Redis is kept until its retry hint (the earliest the limit could allow again), so a caller
+over its limit costs no round trips either.
 
 When Redis fails it degrades to the in-process limiter (or fails open/closed, as configured)
 behind a circuit breaker: one failure per state counts (a burst of concurrent failures is one
@@ -18,6 +30,7 @@ while the others stay degraded; the probe's outcome closes the breaker or double
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -100,7 +113,9 @@ class MemoryLimiter:
 
 
 # KEYS: one hash per limit {w: window index, p: previous count, c: current count};
-# ARGV: window in ms, then one max per limit.
+# ARGV: window in ms, then per limit its max and how many tokens to take (>= 1; more = a lease).
+# All limits allow or nothing is counted; each grants min(wanted, what its window has left).
+# Returns {1, ms left in the window, grant per limit} or {0, retry-after ms, refusing limit}.
 _LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -110,7 +125,7 @@ local elapsed = (now - index * window) / window
 local counts = {}
 local worst, worst_i = -1, 0
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[i + 1])
+  local limit = tonumber(ARGV[2 * i])
   local h = redis.call('HMGET', KEYS[i], 'w', 'p', 'c')
   local w = tonumber(h[1])
   local prev, cur = 0, 0
@@ -119,8 +134,9 @@ for i = 1, #KEYS do
   elseif w == index - 1 then
     prev = tonumber(h[3]) or 0
   end
-  counts[i] = {prev, cur}
-  if prev * (1 - elapsed) + cur + 1 > limit then
+  local used = prev * (1 - elapsed) + cur
+  counts[i] = {prev, cur, math.min(tonumber(ARGV[2 * i + 1]), math.floor(limit - used))}
+  if used + 1 > limit then
     local wait
     if cur + 1 > limit then
       local later = 0
@@ -135,12 +151,20 @@ for i = 1, #KEYS do
   end
 end
 if worst_i > 0 then return {0, tostring(math.max(worst, 1)), worst_i} end
+local out = {1, (index + 1) * window - now}
 for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'w', index, 'p', counts[i][1], 'c', counts[i][2] + 1)
+  redis.call('HSET', KEYS[i], 'w', index, 'p', counts[i][1], 'c', counts[i][2] + counts[i][3])
   redis.call('PEXPIRE', KEYS[i], window * 2 + 1000)
+  out[i + 2] = counts[i][3]
 end
-return {1, '0', 0}
+return out
 """
+
+_ALLOWED = Decision(True, backend="redis")
+# reservations a request may see spent by others before it counts itself exactly (each round
+# serves at least one waiting request, so a burst of N requests short of tokens needs ~N/lease)
+_LEASE_ROUNDS = 32
+
 
 FailMode = Literal["local", "open", "closed"]
 BreakerState = Literal["closed", "open", "half-open"]
@@ -161,6 +185,8 @@ class RedisLimiter:
         retry_backoff: float = 1.0,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        lease: int = 1,
+        lease_fraction: float = 0.01,
     ) -> None:
         self.redis = redis
         self.window = window
@@ -177,6 +203,15 @@ class RedisLimiter:
         self._turn = 0  # bumped on every state change: only attempts of the current turn count
         self.failures = 0  # failures that counted (at most one per turn)
         self.attempts = 0  # script calls sent to Redis
+        self.lease = max(1, lease)  # 1: one script call per request, nothing held locally
+        self.lease_fraction = lease_fraction
+        # key -> [tokens left, valid until (clock), low-water mark that starts a top-up]
+        self._leases: dict[str, list[float]] = {}
+        self._ahead: set[asyncio.Task[Decision]] = set()
+        self._sizes: dict[int, int] = {}  # max_requests -> lease size
+        self._flights: dict[tuple[str, ...], asyncio.Future[Decision | None]] = {}
+        self._refused: dict[str, float] = {}  # key -> refused until (clock), lease mode only
+        self._sweep_at = 0.0
 
     @property
     def degraded(self) -> bool:
@@ -185,7 +220,100 @@ class RedisLimiter:
     def key(self, limit: Limit) -> str:
         return f"{{{self.prefix}}}:{limit.key}"
 
+    def lease_size(self, limit: Limit) -> int:
+        size = self._sizes.get(limit.max_requests)
+        if size is None:
+            size = max(1, min(self.lease, int(limit.max_requests * self.lease_fraction)))
+            self._sizes[limit.max_requests] = size
+        return size
+
+    def take(self, limits: Sequence[Limit]) -> bool:
+        """Spend one leased token of every limit, if all have one: no Redis call."""
+        leases = self._leases
+        now = self.clock()
+        for limit in limits:
+            lease = leases.get(limit.key)
+            if lease is None or lease[0] < 1 or lease[1] <= now:
+                return False
+        low = False
+        for limit in limits:
+            lease = leases[limit.key]
+            lease[0] -= 1
+            low = low or lease[0] < lease[2]
+        if low:
+            self._top_up(limits, now)
+        return True
+
+    def _top_up(self, limits: Sequence[Limit], now: float) -> None:
+        """A lease running low is topped up in the background (back to its size, no more), so
+        requests do not stall on the round trip when it runs out."""
+        short = [x for x in limits if self._leases[x.key][0] < self._leases[x.key][2]]
+        if self.state != "closed" or tuple(x.key for x in short) in self._flights:
+            return
+        self._flight(short, [self.lease_size(x) - int(self._leases[x.key][0]) for x in short])
+
     async def hit(self, limits: Sequence[Limit]) -> Decision:
+        if self.lease == 1:
+            return await self._reserve(limits, [1] * len(limits))
+        if self.take(limits):
+            return _ALLOWED
+        for _ in range(_LEASE_ROUNDS):
+            now = self.clock()
+            for limit in limits:  # Redis refused it lately: no count can allow it before then
+                until = self._refused.get(limit.key)
+                if until is not None and until > now:
+                    return Decision(False, until - now, limit, self.name)
+            short = [x for x in limits if not self._holds(x, now)]
+            if not short:
+                if self.take(limits):
+                    return _ALLOWED
+                continue
+            if self.state != "closed":  # leased tokens are spent above; the rest is degraded
+                return await self._reserve(limits, [1] * len(limits))
+            wants = [self.lease_size(x) for x in short]
+            if min(wants) == 1:  # a limit too small to lease: this request counts in Redis
+                wants = [1 if self._holds(x, now) else self.lease_size(x) for x in limits]
+                return await self._reserve(limits, wants, lease=True)
+            refused = await asyncio.shield(self._flight(short, wants))
+            if refused is not None:
+                return refused
+        return await self._reserve(limits, [1] * len(limits))  # lost every round: count exactly
+
+    def _flight(self, short: list[Limit], wants: list[int]) -> asyncio.Future[Decision | None]:
+        """The reservation under way for ``short``, or a new one in its own task (a request
+        that leaves does not cancel what the others wait for). It resolves to Redis's refusal,
+        which holds for every request waiting on it, or None."""
+        key = tuple(x.key for x in short)
+        flight = self._flights.get(key)
+        if flight is None:
+            loop = asyncio.get_running_loop()
+            flight = self._flights[key] = loop.create_future()
+            task = loop.create_task(self._reserve(short, wants, lease=True, take=False))
+            self._ahead.add(task)  # referenced until done
+
+            def landed(task: asyncio.Task[Decision], key: tuple[str, ...] = key) -> None:
+                self._ahead.discard(task)
+                done = self._flights.pop(key)
+                ok = task.cancelled() or task.exception() is not None or task.result().allowed
+                done.set_result(None if ok else task.result())
+
+            task.add_done_callback(landed)
+        return flight
+
+    def _holds(self, limit: Limit, now: float) -> bool:
+        lease = self._leases.get(limit.key)
+        return lease is not None and lease[0] >= 1 and lease[1] > now
+
+    async def _reserve(
+        self,
+        limits: Sequence[Limit],
+        wants: Sequence[int],
+        *,
+        lease: bool = False,
+        take: bool = True,
+    ) -> Decision:
+        """One script call for ``limits``: ``wants`` tokens each. With ``lease`` the grants beyond
+        this request's own token (or all of them when not ``take``) are kept for later requests."""
         probe = False
         if self.state != "closed":
             if self.state == "half-open" or self.clock() < self._down_until:
@@ -193,10 +321,13 @@ class RedisLimiter:
             self.state, probe = "half-open", True
         turn = self._turn
         self.attempts += 1
+        sent = self.clock()
         try:
             keys = [self.key(limit) for limit in limits]
-            args = [int(self.window * 1000), *(limit.max_requests for limit in limits)]
-            allowed, wait_ms, which = await self._script(keys=keys, args=args)
+            args: list[int] = [int(self.window * 1000)]
+            for limit, want in zip(limits, wants, strict=True):
+                args += (limit.max_requests, want)
+            reply = await self._script(keys=keys, args=args)
         except Exception as exc:  # any Redis failure: connection, timeout, script error
             self._failed(exc, turn, probe)
             return self._degraded(limits)
@@ -207,9 +338,38 @@ class RedisLimiter:
         if probe:
             log.info("rate limit Redis recovered")
             self.state, self._backoff, self._turn = "closed", self.retry_backoff, self._turn + 1
-        if int(allowed):
-            return Decision(True, backend=self.name)
-        return Decision(False, float(wait_ms) / 1000, limits[int(which) - 1], self.name)
+        if not int(reply[0]):
+            limit = limits[int(reply[2]) - 1]
+            refused = Decision(False, float(reply[1]) / 1000, limit, self.name)
+            if self.lease > 1:  # the hint is the earliest it could allow: refuse here till then
+                self._sweep(sent)
+                self._refused[limit.key] = sent + refused.retry_after
+            return refused
+        if lease:
+            self._keep(limits, [int(g) for g in reply[2:]], sent + int(reply[1]) / 1000, take)
+        return _ALLOWED
+
+    def _keep(self, limits: Sequence[Limit], grants: list[int], until: float, take: bool) -> None:
+        """Add granted tokens to this process's leases (valid until Redis's window ends)."""
+        now = self.clock()
+        self._sweep(now)
+        leases = self._leases
+        for limit, granted in zip(limits, grants, strict=True):
+            if take:
+                granted -= 1  # this request's own token
+            held = leases.get(limit.key)
+            if held is not None and held[1] > now:  # still valid: the same Redis window
+                held[0] += granted
+                held[1] = min(held[1], until)
+            elif granted > 0:
+                leases[limit.key] = [float(granted), until, self.lease_size(limit) // 4]
+
+    def _sweep(self, now: float) -> None:
+        """Bounded memory: expired leases and refusals go once per window."""
+        if now >= self._sweep_at:
+            self._leases = {k: v for k, v in self._leases.items() if v[1] > now}
+            self._refused = {k: v for k, v in self._refused.items() if v > now}
+            self._sweep_at = now + self.window
 
     def _failed(self, exc: Exception, turn: int, probe: bool) -> None:
         if turn != self._turn:

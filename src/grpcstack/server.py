@@ -183,6 +183,8 @@ class AsyncBaseServer:
             window,
             prefix=f"grpcstack:rl:{s.SERVICE_NAME}",
             fail_mode=s.GRPC_RATE_LIMIT_FAIL_MODE,
+            lease=s.GRPC_RATE_LIMIT_LEASE,
+            lease_fraction=s.GRPC_RATE_LIMIT_LEASE_FRACTION,
         )
 
     def add_readiness_check(

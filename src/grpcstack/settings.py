@@ -147,6 +147,10 @@ class ServerSettings(BaseSettings):
     GRPC_RATE_LIMIT_GLOBAL_MAX_REQUESTS: Annotated[int, Field(ge=0)] = 0
     GRPC_RATE_LIMIT_BACKEND: Literal["auto", "memory", "redis"] = "auto"  # auto: redis if REDIS_URL
     GRPC_RATE_LIMIT_FAIL_MODE: Literal["local", "open", "closed"] = "local"  # while Redis is down
+    # Redis leases: a process reserves up to LEASE tokens (at most LEASE_FRACTION of the limit)
+    # per script call and spends them locally; 1 = one Redis round trip per request
+    GRPC_RATE_LIMIT_LEASE: PositiveInt = 100
+    GRPC_RATE_LIMIT_LEASE_FRACTION: Annotated[float, Field(gt=0, le=1)] = 0.01
 
     # Concurrency: max calls in flight per server (grpcio's maximum_concurrent_rpcs), 0 = no limit
     GRPC_MAX_CONCURRENT_RPCS: Annotated[int, Field(ge=0)] = 0

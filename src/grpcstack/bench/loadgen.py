@@ -36,10 +36,12 @@ async def _drive(n: int, concurrency: int, call: Callable[[int], Awaitable[str]]
             statuses[await call(i)] += 1
             latencies[i] = (time.perf_counter() - start) * 1000
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - began
-    return {"latencies_ms": latencies, "statuses": dict(statuses), "wall_s": wall}
+    # the client's own CPU (all its threads): is the load generator the bottleneck?
+    cpu_s = time.process_time() - cpu
+    return {"latencies_ms": latencies, "statuses": dict(statuses), "wall_s": wall, "cpu_s": cpu_s}
 
 
 async def run_grpc(

@@ -38,6 +38,11 @@ def add_parsers(modes: Any) -> None:
         if name == "seed000":
             p.add_argument("--requests", type=int, help="per column (default 1000, the seed's)")
             p.add_argument("--concurrency", type=int, default=10, help="clients (the seed's 10)")
+            p.add_argument(
+                "--profile",
+                action="store_true",
+                help="py-spy self time of the cache server on L1 hits (to stderr, JSON)",
+            )
         if name == "seed001":
             p.add_argument(
                 "--requests",
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                     rounds=rounds,
                     requests=args.requests or (300 if quick else 1_000),
                     concurrency=args.concurrency,
+                    profile=args.profile,
                 )
             )
         else:

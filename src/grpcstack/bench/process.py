@@ -82,6 +82,18 @@ class ServerProcess:
         parts = self._proc_file("stat").rsplit(")", 1)[1].split()
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
+    def runqueue_seconds(self) -> float:
+        """Time the process's threads spent runnable but waiting for a core (schedstat): on a
+        shared machine, what its throughput lost to other processes; 0 where unavailable."""
+        assert self.proc is not None, f"{self.name} is not running"
+        total = 0.0
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that just ended, or no schedstat in this kernel
+        return total
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

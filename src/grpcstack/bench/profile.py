@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):\d+\)$")
+_LINE = re.compile(r":\d+\)$")
 
 
 def _package(path: str) -> str:
@@ -37,6 +38,7 @@ def _package(path: str) -> str:
 def summarize(raw: str, top: int = 15) -> dict[str, Any]:
     by_package: Counter[str] = Counter()
     by_frame: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()  # the stack's own frames, with what they call
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -48,6 +50,10 @@ def summarize(raw: str, top: int = 15) -> dict[str, Any]:
         package = _package(m.group("file")) if m else leaf
         by_package[package] += n
         by_frame[leaf] += n
+        # per function, not per line: a frame counts once per sample however often it recurs
+        for frame in {_LINE.sub(")", f) for f in stack.split(";")}:
+            if "grpcstack" in frame or "platform_services" in frame:
+                inclusive[frame] += n
         total += n
     if not total:
         return {"samples": 0, "packages": {}, "frames": {}}
@@ -55,6 +61,7 @@ def summarize(raw: str, top: int = 15) -> dict[str, Any]:
         "samples": total,
         "packages": {k: round(100 * v / total, 1) for k, v in by_package.most_common()},
         "frames": {k: round(100 * v / total, 1) for k, v in by_frame.most_common(top)},
+        "inclusive": {k: round(100 * v / total, 1) for k, v in inclusive.most_common(2 * top)},
     }
 
 
@@ -77,4 +84,6 @@ def text(profile: dict[str, Any], title: str) -> str:
     lines = [f"{title}: py-spy self time, {profile['samples']} samples"]
     lines.append("  by package: " + ", ".join(f"{k} {v}%" for k, v in profile["packages"].items()))
     lines += [f"  {v:5.1f}%  {k}" for k, v in profile["frames"].items()]
+    lines.append("  inclusive (the stack's frames and their callees):")
+    lines += [f"  {v:5.1f}%  {k}" for k, v in profile.get("inclusive", {}).items()]
     return "\n".join(lines)

@@ -56,6 +56,7 @@ class Options:
     requests: int = 1_000
     concurrency: int = 10
     hit_rate: float = 0.92
+    profile: bool = False  # py-spy on the cache server during one more all-hits run
 
 
 def _seed_keys(mongo_url: str, count: int) -> list[bytes]:
@@ -101,6 +102,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="grpcstack-seed000-"))
     redis, mongo = redis_server(), mongo_server()
     servers: list[ServerProcess] = []
+    profiles: dict[str, Any] = {}
     rng = random.Random(0)
     per_round: dict[str, list[dict[str, Any]]] = {BEFORE: [], NO_CACHE: [], CACHE: []}
     sent = dict.fromkeys(per_round, 0)
@@ -158,7 +160,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
             repeat = [c in first_seen or first_seen.add(c) for c in calls]  # type: ignore[func-returns-value]
             for s in servers:
                 counts0 = _cache_counts(metrics[CACHE]) if s.name == CACHE else None
-                cpu0 = s.cpu_seconds()
+                cpu0, wait0 = s.cpu_seconds(), s.runqueue_seconds()
                 result = _load(s.port, calls, opts.concurrency, tmp)
                 cpu_ms = 1000 * (s.cpu_seconds() - cpu0) / len(calls)
                 sent[s.name] += len(calls)
@@ -171,6 +173,10 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     "error_rate": 100 * (len(calls) - ok) / len(calls),
                     "rps": len(calls) / result["wall_s"],
                     "cpu_ms": cpu_ms,
+                    "busy": 100 * (s.cpu_seconds() - cpu0) / result["wall_s"],
+                    "runqueue": 100 * (s.runqueue_seconds() - wait0) / result["wall_s"],
+                    "client_cpu_ms": 1000 * result["cpu_s"] / len(calls),
+                    "client_busy": 100 * result["cpu_s"] / result["wall_s"],
                     "statuses": result["statuses"],
                     **{f"rss_{k}": v for k, v in s.rss_mb().items()},
                 }
@@ -182,6 +188,10 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
                     hits = [x for x, rep in zip(lat, repeat, strict=True) if rep]
                     row["hit_p99"] = percentile(hits, 99) if hits else None
                 per_round[s.name].append(row)
+        if opts.profile:
+            hits = _schedule(key_sets[-1], 10 * opts.requests, rng)  # all cached by now
+            profiles = _profile(servers[-1], hits, opts.concurrency, tmp)
+            sent[CACHE] += len(hits)
         ok_after = {n: _ok_count(metrics[n], METHOD) for n in (NO_CACHE, CACHE)}
     finally:
         for s in servers:
@@ -194,7 +204,47 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     for name, n in ok_after.items():
         if n != sent[name]:
             raise RuntimeError(f"{name}: Prometheus counted {n} OK of {sent[name]} calls")
-    return [_table(opts, per_round, nkeys)], {"rounds": per_round, "verified_ok_calls": sent}
+    table = _table(opts, per_round, nkeys)
+    table.notes += _profile_notes(profiles)
+    return [table], {
+        "rounds": per_round,
+        "verified_ok_calls": sent,
+        "profiles": profiles,
+    }
+
+
+def _profile(s: ServerProcess, calls: list[bytes], concurrency: int, tmp: Path) -> dict[str, Any]:
+    """py-spy self time of the cache server while the load sends only L1 hits."""
+    import threading
+
+    from . import profile
+
+    assert s.proc is not None
+    result: dict[str, Any] = {}
+    sampler = threading.Thread(target=lambda: result.update(profile.record(s.proc.pid, 8)))  # type: ignore[union-attr]
+    sampler.start()
+    _load(s.port, calls, concurrency, tmp)
+    sampler.join(120)
+    print(profile.text(result, f"{s.name}, L1 hits"), file=sys.stderr)
+    return {s.name: result}
+
+
+def _profile_notes(profiles: dict[str, Any]) -> list[str]:
+    """The profile in the report: where a cache hit's CPU goes."""
+    notes = []
+    for name, p in profiles.items():
+        if not p.get("samples"):
+            continue
+        packages = ", ".join(f"{k} {v}%" for k, v in list(p["packages"].items())[:8])
+        # the process's whole run (cli.py) is not a part of where a call's time goes
+        inclusive = [(k, v) for k, v in p.get("inclusive", {}).items() if "cli.py" not in k]
+        parts = ", ".join(f"{k.split(' (')[0]} {v}%" for k, v in inclusive[:16])
+        notes.append(
+            f"py-spy on {name}, an all-L1-hit run ({p['samples']} samples; `asyncio` is mostly "
+            f"uvloop's C loop, and runnable-but-waiting time shows there too): by package "
+            f"{packages}. Inclusive: {parts}."
+        )
+    return notes
 
 
 def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int) -> Table:
@@ -235,6 +285,16 @@ def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int
     )
     t.add(Row("cache-hit P99 (repeat keys)", "ms", {CACHE: med(CACHE, "hit_p99")}))
     t.add(Row("server CPU per call", "CPU ms", {c: med(c, "cpu_ms") for c in cols}))
+    t.add(Row("server busy (CPU / wall)", "%", {c: med(c, "busy") for c in cols}))
+    t.add(
+        Row(
+            "server runnable, waiting for a core (run queue / wall)",
+            "%",
+            {c: med(c, "runqueue") for c in cols},
+        )
+    )
+    t.add(Row("load generator CPU per call", "CPU ms", {c: med(c, "client_cpu_ms") for c in cols}))
+    t.add(Row("load generator busy (CPU / wall)", "%", {c: med(c, "client_busy") for c in cols}))
     t.add(
         Row(
             "memory (server RSS)",
@@ -245,6 +305,10 @@ def _table(opts: Options, per_round: dict[str, list[dict[str, Any]]], nkeys: int
     )
     speedup = (med(CACHE, "rps") or 0) / (med(BEFORE, "rps") or 1)
     t.target("after-with-cache / before throughput", speedup, ">= 5", speedup >= 5)
+    # the same goal per server CPU-second: what a server does with the core it gets (on a shared
+    # machine, throughput at 10 in flight also depends on how soon each process is scheduled)
+    per_cpu = (med(BEFORE, "cpu_ms") or 0) / (med(CACHE, "cpu_ms") or 1)
+    t.target("after-with-cache / before calls per server CPU-second", per_cpu, ">= 5", per_cpu >= 5)
     t.notes += [
         f"{opts.rounds} interleaved rounds, medians. Keys: each round {nkeys} fresh versions "
         f"(cold cache), each requested {opts.requests / nkeys:.1f} times on average, shuffled "

@@ -78,6 +78,13 @@ class Generations:
         self._fetched.add(method)
         return self.observe(method, fetched)
 
+    def known(self, method: str) -> int | None:
+        """The generation ``current`` would return at once, without awaiting; else None."""
+        gen = self.local.get(method)
+        if gen is not None and (self.store is None or method in self._fetched):
+            return gen
+        return None
+
     def best_known(self, method: str) -> int:
         return self.local.get(method, 0)
 

@@ -7,6 +7,7 @@ request is re-encoded through the upb class built from the message's own descrip
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -59,10 +60,12 @@ def canonical_bytes(message: Any) -> bytes:
     return upb.FromString(_encode(message)).SerializeToString(deterministic=True)  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=4096)  # caller scopes and schemas repeat on every call
 def key_part(value: str) -> str:
     return quote(value, safe=_SAFE)
 
 
+@functools.lru_cache(maxsize=1024)
 def method_prefix(method: str, schema: str) -> str:
     """Every key of one method starts with this. The method is a Redis Cluster {hash tag}: its
     entries and its generation counter share one slot (the versioned write reads both)."""

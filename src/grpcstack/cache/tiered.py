@@ -274,6 +274,26 @@ class TieredCache(Invalidation):
             return (kind, payload), guard
         return None, guard
 
+    def _l1_hit(
+        self, key: str, method: str, tiers: Collection[str] | None
+    ) -> tuple[int, bytes] | None:
+        """The common case without a coroutine: a live L1 entry of the known generation
+        (counted as ``_lookup`` would); anything else takes ``_lookup``'s full path."""
+        l1 = self._l1
+        if l1 is None:
+            return None
+        gen = self.generations.known(method) if self.versioned else 0
+        name = self.tiers[0].name
+        if gen is None or (tiers is not None and name not in tiers):
+            return None
+        entry = l1.get_nowait(self.full_key(key, gen))
+        if entry is None or entry[1] == KIND_TOMBSTONE or entry[0] <= self.clock():
+            return None
+        m = self.metrics
+        m.child(m.hits, self.service, method, name).inc()
+        m.child(m.lookups, self.service, method, "hit").inc()
+        return entry[1], entry[2]
+
     async def lookup(
         self, key: str, *, method: str = "", tiers: Collection[str] | None = None
     ) -> tuple[int, bytes] | None:
@@ -311,6 +331,9 @@ class TieredCache(Invalidation):
     ) -> tuple[int, bytes]:
         """(kind, payload): from a tier, or from ONE loader run shared by concurrent callers."""
         m = self.metrics
+        found = self._l1_hit(key, method, tiers)
+        if found is not None:
+            return found
         found, guard = await self._lookup(key, method, tiers)
         if found is not None:
             m.child(m.lookups, self.service, method, "hit").inc()

@@ -42,18 +42,28 @@ class RateLimitMiddleware(Middleware):
         self.limiter = limiter
         self.max_requests = max_requests
         self.global_limit = Limit("global", global_max_requests) if global_max_requests else None
-        self._user_limits: dict[str, Limit] = {}
+        self._user_limits: dict[str, list[Limit]] = {}  # limit key -> the limits of a call
+        self._by_user: dict[str, list[Limit]] = {}  # user id -> the same lists
         memory = isinstance(limiter, MemoryLimiter)
         self.on_request = self._on_request_memory if memory else self._on_request_redis  # type: ignore[assignment]
 
     def _limits(self, call: CallContext) -> list[Limit]:
-        key = f"user:{call.user_id}" if call.user_id else f"peer:{call.peer_host or 'unknown'}"
-        limit = self._user_limits.get(key)
-        if limit is None:
-            if len(self._user_limits) > 100_000:  # bounded cache of Limit objects
+        user = call.user_id
+        limits = self._by_user.get(user) if user else None
+        if limits is not None:
+            return limits
+        key = f"user:{user}" if user else f"peer:{call.peer_host or 'unknown'}"
+        limits = self._user_limits.get(key)
+        if limits is None:
+            if len(self._user_limits) > 100_000:  # bounded caches of Limit lists
                 self._user_limits.clear()
-            limit = self._user_limits[key] = Limit(key, self.max_requests)
-        return [limit, self.global_limit] if self.global_limit else [limit]
+                self._by_user.clear()
+            limit = Limit(key, self.max_requests)
+            limits = [limit, self.global_limit] if self.global_limit else [limit]
+            self._user_limits[key] = limits
+        if user:
+            self._by_user[user] = limits
+        return limits
 
     def _on_request_memory(self, event: RecvRequest, call: CallContext) -> None:
         assert isinstance(self.limiter, MemoryLimiter)
@@ -63,7 +73,10 @@ class RateLimitMiddleware(Middleware):
 
     async def _on_request_redis(self, event: RecvRequest, call: CallContext) -> None:
         assert isinstance(self.limiter, RedisLimiter)
-        decision = await self.limiter.hit(self._limits(call))
+        limits = self._limits(call)
+        if self.limiter.take(limits):  # a leased token: no round trip
+            return
+        decision = await self.limiter.hit(limits)
         if not decision.allowed:
             raise self._refuse(decision, call)
 
