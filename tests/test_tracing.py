@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 from ops_process import ServeProcess, sample, scrape
+from otel_global import GLOBAL_SPANS, global_provider
 from redis_process import free_port
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
@@ -302,21 +303,6 @@ def test_tracing_is_off_unless_an_exporter_is_configured() -> None:
     assert "tracing" not in [m.name for m in off]
 
 
-_GLOBAL_SPANS = InMemorySpanExporter()
-
-
-def global_provider() -> TracerProvider:
-    """The process-wide provider (set once; code without a ``tracer_provider`` argument uses it)."""
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        return current
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_GLOBAL_SPANS))
-    trace.set_tracer_provider(provider)
-    assert trace.get_tracer_provider() is provider
-    return provider
-
-
 def readme_tracing_example() -> dict[str, Any]:
     text = (ROOT / "README.md").read_text().split("## Tracing", 1)[1].split("\n## ", 1)[0]
     code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S))
@@ -325,19 +311,26 @@ def readme_tracing_example() -> dict[str, Any]:
     return namespace
 
 
-async def test_the_readme_tracing_example_links_two_services() -> None:
+async def test_the_readme_tracing_example_links_two_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRPC_CLIENT_TRACING", "on")  # what an OTEL_* exporter variable does
     provider = global_provider()
-    _GLOBAL_SPANS.clear()
+    GLOBAL_SPANS.clear()
     front_echo = readme_tracing_example()["FrontEcho"]
     backend = TracedServer(settings(), EchoService(), provider)
     async with running(backend):
         assert backend.port is not None
-        front = TracedServer(settings(), front_echo(backend.port), provider)
-        async with running(front):
-            assert front.port is not None
-            out = await call("grpclib", front.port, "Echo", EchoRequest(message="r"))
+        service = front_echo(f"127.0.0.1:{backend.port}")
+        front = TracedServer(settings(), service, provider)
+        try:
+            async with running(front):
+                assert front.port is not None
+                out = await call("grpclib", front.port, "Echo", EchoRequest(message="r"))
+        finally:
+            await service.backend.aclose()
     assert out.status is Status.OK and out.responses[0].message == "front:r"
-    finished = _GLOBAL_SPANS.get_finished_spans()
+    finished = GLOBAL_SPANS.get_finished_spans()
     (client,) = by_kind(finished, SpanKind.CLIENT)
     servers = by_kind(finished, SpanKind.SERVER)
     assert len(servers) == 2
