@@ -5,6 +5,8 @@ record messages, and tracing off adds nothing to a call."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_global import GLOBAL_SPANS, global_provider
+from otel_helpers import GLOBAL_SPANS, Collector, global_provider
 from prometheus_client import CollectorRegistry
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
@@ -327,3 +329,55 @@ async def test_tracing_off_adds_no_hook_and_on_adds_one(monkeypatch: pytest.Monk
     )
     assert [m.name for m in given.middlewares] == ["client-metrics", "client-tracing"]
     assert given.middlewares[1] is mine
+
+
+_STANDALONE = """
+import asyncio, sys
+from gen.echo.v1 import EchoRequest, EchoServiceStub
+from grpcstack import Client
+
+async def main(port: int) -> None:
+    async with Client(f"127.0.0.1:{port}") as client:
+        await client.stub(EchoServiceStub).echo(EchoRequest(message="alone"), timeout=10)
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+async def test_a_client_alone_exports_its_spans_from_the_otel_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program that only calls (no traced server to set the exporter up) with OTEL_* set:
+    GRPC_CLIENT_TRACING=auto turns spans on, the first call installs the OTLP exporter, the
+    span reaches a real OTLP receiver at exit, and its context reached the server."""
+    collector = Collector()
+    await collector.server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GRPC_CLIENT_"))}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+        OTEL_SERVICE_NAME="standalone-client",
+    )
+    try:
+        async with running(TracedEcho(settings(), None)) as server:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _STANDALONE, str(server.port), env=env
+            )
+            try:
+                assert await asyncio.wait_for(proc.wait(), 120) == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            (sent,) = server.traceparents
+    finally:
+        await collector.server.stop(None)
+    # the SDK flushes its batch at exit: the span is there once the program ended
+    ((service, span),) = collector.spans()
+    assert service == "standalone-client"
+    assert span.name == "echo.v1.EchoService/Echo" and span.kind == 3  # SPAN_KIND_CLIENT
+    (traceparent,) = sent
+    _, trace_id, span_id, _ = traceparent.split("-")
+    assert span.trace_id.hex() == trace_id and span.span_id.hex() == span_id
+    attrs = {a.key: a.value for a in span.attributes}
+    assert attrs["rpc.grpc.status_code"].int_value == 0

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 from ops_process import ServeProcess, sample, scrape
-from otel_global import GLOBAL_SPANS, global_provider
+from otel_helpers import GLOBAL_SPANS, Collector, global_provider
 from redis_process import free_port
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
@@ -339,39 +339,6 @@ async def test_the_readme_tracing_example_links_two_services(
     inner = next(s for s in servers if s is not outer)
     assert client.parent.span_id == outer.context.span_id
     assert inner.parent.span_id == client.context.span_id
-
-
-class Collector:
-    """A real OTLP/gRPC trace receiver on 127.0.0.1 (grpcio), keeping what it is sent."""
-
-    def __init__(self) -> None:
-        import grpc
-        from opentelemetry.proto.collector.trace.v1 import (
-            trace_service_pb2,
-            trace_service_pb2_grpc,
-        )
-
-        received: list[Any] = []
-        self.requests = received
-
-        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # the generated name
-                received.append(request)
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self.server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-
-    def spans(self) -> list[tuple[str, Any]]:
-        """(service.name, span) for every span received."""
-        out = []
-        for request in self.requests:
-            for resource_spans in request.resource_spans:
-                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope in resource_spans.scope_spans:
-                    out.extend((attrs.get("service.name", ""), s) for s in scope.spans)
-        return out
 
 
 async def test_otel_environment_variables_export_over_otlp(tmp_path: Path) -> None:
