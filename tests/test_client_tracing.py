@@ -381,3 +381,36 @@ async def test_a_client_alone_exports_its_spans_from_the_otel_variables(
     assert span.trace_id.hex() == trace_id and span.span_id.hex() == span_id
     attrs = {a.key: a.value for a in span.attributes}
     assert attrs["rpc.grpc.status_code"].int_value == 0
+
+
+async def test_client_latency_buckets_carry_the_trace_id_as_exemplar(
+    provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    traced, plain = CollectorRegistry(), CollectorRegistry()
+    async with running(TracedEcho(settings(GRPC_ENABLE_RATE_LIMITING=False), provider)) as server:
+        target = f"127.0.0.1:{server.port}"
+        s = client_settings()
+        async with (
+            Client(target, settings=s, metrics_registry=traced, middlewares=tracing(provider)) as a,
+            Client(target, settings=s, metrics_registry=plain) as b,
+        ):
+            await a.stub(EchoServiceStub).echo(EchoRequest(message="x"), timeout=10)
+            await b.stub(EchoServiceStub).echo(EchoRequest(message="x"), timeout=10)
+    (client_span,) = of_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+
+    def exemplars(registry: CollectorRegistry) -> list[str]:
+        text = openmetrics(registry).decode()
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith("grpc_client_handling_seconds_bucket{") and " # {" in line
+        ]
+
+    (line,) = exemplars(traced)
+    assert f'trace_id="{format(client_span.context.trace_id, "032x")}"' in line
+    assert f'span_id="{format(client_span.context.span_id, "016x")}"' in line
+    assert exemplars(plain) == []
+    assert b" # {" not in generate_latest(traced)  # the classic text format has none

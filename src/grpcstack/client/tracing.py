@@ -7,7 +7,8 @@ then pays nothing (this module, like every one importing ``opentelemetry``, is n
 The span is a child of the current span: inside a handler that is the SERVER span of the call being
 served, so a chain of services is one trace. Attributes follow OpenTelemetry's RPC conventions
 (``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``, ``server.address`` /
-``server.port`` of the last attempt's target); status ERROR for every code but OK.
+``server.port`` of the last attempt's target); status ERROR for every code but OK. A sampled span's
+trace id is the exemplar of the call's ``grpc_client_handling_seconds`` bucket.
 
 One span per CALL, not per attempt: retries and hedges are ``attempt`` events on it
 (``grpcstack.attempt`` = 2, 3 ..., ``grpcstack.transparent``); ``grpcstack.attempts`` counts all.
@@ -27,6 +28,7 @@ from typing import Any
 from grpclib.const import Status
 from opentelemetry import propagate, trace
 
+from ..middleware.metrics import EXEMPLAR_KEY
 from ..middleware.tracing import (
     INSTRUMENTATION_NAME,
     ClientSpan,
@@ -80,6 +82,12 @@ class ClientTracing(ClientMiddleware):
         span, headers = start_client_span(call.method, tracer=self.tracer, parent=parent)
         metadata.extend(headers.items())
         call.extra[_SPAN_KEY] = span
+        span_context = span.span.get_span_context()
+        if span_context.trace_flags.sampled:  # for ClientMetrics' latency histogram
+            call.extra[EXEMPLAR_KEY] = {
+                "trace_id": trace.format_trace_id(span_context.trace_id),
+                "span_id": trace.format_span_id(span_context.span_id),
+            }
 
     def on_attempt(self, call: ClientCallInfo, attempt: int, transparent: bool) -> None:
         span: ClientSpan | None = call.extra.get(_SPAN_KEY)
