@@ -175,6 +175,55 @@ def test_dockerfile_is_multi_stage_and_not_root() -> None:
     assert (ROOT / "src" / Path(*cmd.group(1).split("."))).with_suffix(".py").exists()
 
 
+def image_env() -> dict[str, str]:
+    """The runtime stage's ENV settings (continued lines joined)."""
+    runtime = DOCKERFILE.read_text().split("AS runtime", 1)[1].replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", runtime, flags=re.MULTILINE):
+        env.update(pair.split("=", 1) for pair in line.split())
+    return env
+
+
+def test_the_image_writes_only_to_tmp_and_installs_what_the_defaults_use() -> None:
+    """uid 10001 cannot write the app directory, and the pod's root filesystem is read-only with
+    an emptyDir on /tmp: every path the platform writes must be set under /tmp in the image."""
+    env = image_env()
+    written = {
+        "PLATFORM_DATA_DIR",
+        "DUCKDB_PATH",
+        "PLATFORM_MONGO_STORAGE",
+        "MARKET_DATA_PARQUET_ROOT",
+    }
+    relative = {
+        name
+        for name, field in PlatformSettings.model_fields.items()
+        if str(field.default).startswith("data/")
+    }
+    assert relative == written | {"OCR_DATA_ROOT"}  # a new one must be placed here too
+    for name in written:
+        assert env[name].startswith("/tmp/"), name
+    assert env["OCR_DATA_ROOT"].startswith("/data/")  # read only, mounted
+    pod = find("Deployment", "platform")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    # the extras the platform's defaults import at start
+    install = re.search(r"pip install '\.\[([\w,]+)\]'", DOCKERFILE.read_text())
+    assert install is not None
+    extras = set(install.group(1).split(","))
+    if "all" in extras:
+        extras |= {"redis", "mongo", "duckdb", "uvloop"}
+    defaults = PlatformSettings(_env_file=None)  # type: ignore[call-arg]
+    needed = {"platform", "redis", "mongo"}  # RapidOCR + embedded MongoDB; REDIS_URL in the pods
+    if defaults.GRPC_CACHE_L3_ENABLED:
+        needed.add("duckdb")
+    if defaults.GRPC_HTTP_PORT is not None:
+        needed.add("web")
+    assert needed <= extras, needed - extras
+    assert "opencv-python-headless" in DOCKERFILE.read_text()  # no libGL in a slim image
+
+
 def docker_daemon() -> bool:
     docker = shutil.which("docker")
     if docker is None:

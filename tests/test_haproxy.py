@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from calls import call_grpclib
+from client_helpers import client_settings
 from conftest import ROOT
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -22,7 +23,7 @@ from grpclib.exceptions import StreamTerminatedError
 from ops_process import TARGET, ServeProcess
 from redis_process import free_port
 
-from gen.echo.v1 import EchoRequest, EchoResponse
+from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 
 HAPROXY = shutil.which("haproxy")
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -224,6 +225,17 @@ async def grpclib_who(channel: Channel, **request: Any) -> tuple[Status, int | N
         return Status.UNAVAILABLE, None, f"stream reset: {exc}"
 
 
+async def stack_who(client: Any, **request: Any) -> tuple[Status, int | None, str | None]:
+    from grpcstack.client import RpcError
+
+    try:
+        stub = client.stub(EchoServiceStub)
+        replies = [r async for r in stub.expand(EchoRequest(**request), timeout=30)]
+    except RpcError as err:
+        return err.status, None, err.message
+    return Status.OK, int(replies[0].message), None
+
+
 async def drain_under_load(platform: Any, client_kind: str) -> None:
     """8 clients call through the balancer while instance A gets SIGTERM: every call succeeds."""
     import grpc
@@ -240,6 +252,15 @@ async def drain_under_load(platform: Any, client_kind: str) -> None:
                     if stop.is_set():
                         return
                     results.append(await grpcio_who(ch, sleep_seconds=0.05))
+            return
+        if client_kind == "grpcstack":
+            from grpcstack.client import Client
+
+            async with Client(f"127.0.0.1:{lb.port}", settings=client_settings()) as stack:
+                for _ in range(400):  # bounded
+                    if stop.is_set():
+                        return
+                    results.append(await stack_who(stack, sleep_seconds=0.05))
             return
         ch = Channel("127.0.0.1", lb.port)
         try:
@@ -271,6 +292,12 @@ async def test_draining_one_instance_loses_no_call(platform: Any) -> None:
     """grpcio's client retries a stream the server refused (never processed) by itself (gRFC A6
     transparent retry), so no call is lost across the drain."""
     await drain_under_load(platform, "grpcio")
+
+
+async def test_draining_one_instance_with_the_stack_client_loses_no_call(platform: Any) -> None:
+    """grpcstack.Client retries a refused stream transparently too (and UNAVAILABLE by its default
+    policy while nothing was received), so its calls all succeed across the drain."""
+    await drain_under_load(platform, "grpcstack")
 
 
 @pytest.mark.xfail(

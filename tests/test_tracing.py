@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 from ops_process import ServeProcess, sample, scrape
+from otel_helpers import GLOBAL_SPANS, Collector, global_provider
 from redis_process import free_port
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
@@ -302,21 +303,6 @@ def test_tracing_is_off_unless_an_exporter_is_configured() -> None:
     assert "tracing" not in [m.name for m in off]
 
 
-_GLOBAL_SPANS = InMemorySpanExporter()
-
-
-def global_provider() -> TracerProvider:
-    """The process-wide provider (set once; code without a ``tracer_provider`` argument uses it)."""
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        return current
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_GLOBAL_SPANS))
-    trace.set_tracer_provider(provider)
-    assert trace.get_tracer_provider() is provider
-    return provider
-
-
 def readme_tracing_example() -> dict[str, Any]:
     text = (ROOT / "README.md").read_text().split("## Tracing", 1)[1].split("\n## ", 1)[0]
     code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S))
@@ -325,19 +311,26 @@ def readme_tracing_example() -> dict[str, Any]:
     return namespace
 
 
-async def test_the_readme_tracing_example_links_two_services() -> None:
+async def test_the_readme_tracing_example_links_two_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRPC_CLIENT_TRACING", "on")  # what an OTEL_* exporter variable does
     provider = global_provider()
-    _GLOBAL_SPANS.clear()
+    GLOBAL_SPANS.clear()
     front_echo = readme_tracing_example()["FrontEcho"]
     backend = TracedServer(settings(), EchoService(), provider)
     async with running(backend):
         assert backend.port is not None
-        front = TracedServer(settings(), front_echo(backend.port), provider)
-        async with running(front):
-            assert front.port is not None
-            out = await call("grpclib", front.port, "Echo", EchoRequest(message="r"))
+        service = front_echo(f"127.0.0.1:{backend.port}")
+        front = TracedServer(settings(), service, provider)
+        try:
+            async with running(front):
+                assert front.port is not None
+                out = await call("grpclib", front.port, "Echo", EchoRequest(message="r"))
+        finally:
+            await service.backend.aclose()
     assert out.status is Status.OK and out.responses[0].message == "front:r"
-    finished = _GLOBAL_SPANS.get_finished_spans()
+    finished = GLOBAL_SPANS.get_finished_spans()
     (client,) = by_kind(finished, SpanKind.CLIENT)
     servers = by_kind(finished, SpanKind.SERVER)
     assert len(servers) == 2
@@ -346,39 +339,6 @@ async def test_the_readme_tracing_example_links_two_services() -> None:
     inner = next(s for s in servers if s is not outer)
     assert client.parent.span_id == outer.context.span_id
     assert inner.parent.span_id == client.context.span_id
-
-
-class Collector:
-    """A real OTLP/gRPC trace receiver on 127.0.0.1 (grpcio), keeping what it is sent."""
-
-    def __init__(self) -> None:
-        import grpc
-        from opentelemetry.proto.collector.trace.v1 import (
-            trace_service_pb2,
-            trace_service_pb2_grpc,
-        )
-
-        received: list[Any] = []
-        self.requests = received
-
-        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # the generated name
-                received.append(request)
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self.server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-
-    def spans(self) -> list[tuple[str, Any]]:
-        """(service.name, span) for every span received."""
-        out = []
-        for request in self.requests:
-            for resource_spans in request.resource_spans:
-                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope in resource_spans.scope_spans:
-                    out.extend((attrs.get("service.name", ""), s) for s in scope.spans)
-        return out
 
 
 async def test_otel_environment_variables_export_over_otlp(tmp_path: Path) -> None:

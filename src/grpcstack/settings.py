@@ -321,6 +321,8 @@ class ClientSettings(BaseSettings):
     # inside a handler: cap outgoing deadlines by the incoming call's, forward its correlation id
     GRPC_CLIENT_PROPAGATE_DEADLINE: bool = True
     GRPC_CLIENT_PROPAGATE_CORRELATION_ID: bool = True
+    # OpenTelemetry CLIENT spans: auto = on when an OTEL_* exporter is set (as GRPC_TRACING)
+    GRPC_CLIENT_TRACING: Literal["auto", "on", "off"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> ClientSettings:

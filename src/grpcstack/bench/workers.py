@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import time
 import urllib.request
@@ -47,24 +48,119 @@ class Options:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU of ``pid`` and its live children (the workers), from /proc."""
-    total = 0.0
+def _process_cpu(pid: int) -> dict[int, float]:
+    """user + system CPU seconds of ``pid`` and of each live child (the workers), from /proc."""
     pids = [pid]
-    children = f"/proc/{pid}/task/{pid}/children"
     try:
-        with open(children) as f:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids += [int(p) for p in f.read().split()]
     except OSError:
         pass
+    out: dict[int, float] = {}
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-    return total
+        out[p] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of ``pid`` and its live children (the workers)."""
+    return sum(_process_cpu(pid).values())
+
+
+def _machine_busy() -> float:
+    """CPU seconds every process on the machine used so far (all cores; steal counts as busy:
+    a core the hypervisor gave away is not ours either)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the finished children of this process (h2load runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Run:
+    """One h2load run against one server, and what the machine did meanwhile."""
+
+    rps: float
+    wall: float
+    server_cpu: float  # every process of the server (supervisor included)
+    worker_cpu: list[float]  # per process, busiest first
+    h2load_cpu: float
+    others_cores: float  # cores' worth of CPU used by everything else on the machine
+    load1: float  # 1-minute load average at the end
+
+
+def _measure(client: H2Load, pid: int, port: int, requests: int) -> Run:
+    procs_before = _process_cpu(pid)
+    machine_before, h2load_before = _machine_busy(), _children_cpu()
+    started = time.monotonic()
+    result = client.run(port, requests)
+    wall = time.monotonic() - started
+    machine_after, h2load_after = _machine_busy(), _children_cpu()
+    procs_after = _process_cpu(pid)
+    if result["succeeded"] != requests:
+        raise RuntimeError(f"port {port}: only {result['succeeded']} of {requests} succeeded")
+    used = {p: cpu - procs_before.get(p, 0.0) for p, cpu in procs_after.items()}
+    server_cpu = sum(used.values())
+    h2load_cpu = h2load_after - h2load_before
+    others = machine_after - machine_before - server_cpu - h2load_cpu
+    workers = sorted((cpu for p, cpu in used.items() if p != pid), reverse=True)
+    return Run(
+        rps=result["rps"],
+        wall=wall,
+        server_cpu=server_cpu,
+        worker_cpu=workers or [server_cpu],
+        h2load_cpu=h2load_cpu,
+        others_cores=max(0.0, others / wall) if wall else 0.0,
+        load1=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
+    )
+
+
+def _row(one: Run, many: Run, requests: int, workers: int) -> dict[str, float]:
+    """The round's figures. Throughput ratio, and the ones that do not depend on how much of a
+    contended machine each server got: calls per CPU second, and the projected ratio."""
+    one_rate = requests / one.server_cpu if one.server_cpu else 0.0
+    many_rate = requests / many.server_cpu if many.server_cpu else 0.0
+    busiest = many.worker_cpu[0]
+    return {
+        "one": one.rps,
+        "many": many.rps,
+        "ratio": many.rps / one.rps,
+        # CPU per wall second of the N workers over the single process's
+        "cpu_ratio": (many.server_cpu / many.wall) / (one.server_cpu / one.wall)
+        if one.server_cpu and many.wall
+        else 0.0,
+        "efficiency": one.server_cpu / many.server_cpu if many.server_cpu else 0.0,
+        "one_cpu_s": one.server_cpu,
+        "many_cpu_s": many.server_cpu,
+        "one_calls_per_cpu_s": one_rate,
+        "many_calls_per_cpu_s": many_rate,
+        # calls each worker served per CPU second of its own: the load-independent figure
+        "calls_per_cpu_s_per_worker": many_rate,
+        # the busiest worker's share of the workers' CPU (1/N = perfectly even)
+        "busiest_worker_share": busiest / sum(many.worker_cpu) if busiest else 0.0,
+        # with a core per worker (and the load generated elsewhere) the run takes as long as
+        # the busiest worker's CPU time: the ratio then is the single process's CPU over it
+        "projected_ratio": one.server_cpu / busiest if busiest else 0.0,
+        "h2load_cores": (one.h2load_cpu + many.h2load_cpu) / (one.wall + many.wall),
+        "others_cores": (one.others_cores * one.wall + many.others_cores * many.wall)
+        / (one.wall + many.wall),
+        "load1": max(one.load1, many.load1),
+        "workers": workers,
+    }
 
 
 def _workers_scraped(metrics_port: int) -> int:
@@ -115,22 +211,11 @@ def run(opts: Options) -> dict[str, Any]:
             client.run(server.port, 2000)  # warm up
         sent_to_many = 2001
         for _ in range(opts.rounds):
-            row = {}
-            for key, server in (("one", one), ("many", many)):
-                assert server.proc is not None
-                cpu_before = _cpu_seconds(server.proc.pid)
-                result = client.run(server.port, opts.requests)
-                if result["succeeded"] != opts.requests:
-                    raise RuntimeError(f"{server.name}: only {result['succeeded']} succeeded")
-                row[key] = result["rps"]
-                row[f"{key}_cpu_s"] = _cpu_seconds(server.proc.pid) - cpu_before
+            assert one.proc is not None and many.proc is not None
+            first = _measure(client, one.proc.pid, one.port, opts.requests)
+            second = _measure(client, many.proc.pid, many.port, opts.requests)
             sent_to_many += opts.requests
-            row["ratio"] = row["many"] / row["one"]
-            one_cpu_rate = row["one_cpu_s"] * row["one"] / opts.requests  # CPU s per wall s
-            many_cpu_rate = row["many_cpu_s"] * row["many"] / opts.requests
-            row["cpu_ratio"] = many_cpu_rate / one_cpu_rate if one_cpu_rate else 0.0
-            row["efficiency"] = row["one_cpu_s"] / row["many_cpu_s"] if row["many_cpu_s"] else 0.0
-            rounds.append(row)
+            rounds.append(_row(first, second, opts.requests, opts.workers))
         ok = _ok_count(metrics_port, opts.method)
         if ok != sent_to_many:
             raise RuntimeError(f"{opts.workers} workers counted {ok} OK calls of {sent_to_many}")
@@ -138,6 +223,10 @@ def run(opts: Options) -> dict[str, Any]:
         for server in (one, many):
             server.stop()
         client.close()
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
     return {
         "benchmark": "workers",
         "method": opts.method,
@@ -149,11 +238,18 @@ def run(opts: Options) -> dict[str, Any]:
         "in_flight": opts.connections * opts.streams,
         "uvloop": opts.uvloop,
         "rounds": rounds,
-        "one_median_rps": statistics.median(r["one"] for r in rounds),
-        "many_median_rps": statistics.median(r["many"] for r in rounds),
-        "ratio_median": statistics.median(r["ratio"] for r in rounds),
-        "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in rounds),
-        "efficiency_median": statistics.median(r["efficiency"] for r in rounds),
+        "one_median_rps": median("one"),
+        "many_median_rps": median("many"),
+        "ratio_median": median("ratio"),
+        "cpu_ratio_median": median("cpu_ratio"),
+        "efficiency_median": median("efficiency"),
+        "one_calls_per_cpu_s_median": median("one_calls_per_cpu_s"),
+        "calls_per_cpu_s_per_worker_median": median("calls_per_cpu_s_per_worker"),
+        "busiest_worker_share_median": median("busiest_worker_share"),
+        "projected_ratio_median": median("projected_ratio"),
+        "h2load_cores_median": median("h2load_cores"),
+        "others_cores_median": median("others_cores"),
+        "load1_median": median("load1"),
         "verified_ok_calls_many": sent_to_many,
     }
 
@@ -164,22 +260,43 @@ def report(result: dict[str, Any]) -> str:
         f"workers: {result['method']}, {result['requests_per_round']} requests per round, "
         f"{result['connections']} connections, {result['in_flight']} in flight, "
         f"{result['cpus']} CPUs, uvloop={result['uvloop']}",
-        f"{'round':>5}  {'1 worker req/s':>14}  {f'{n} workers req/s':>16}  {'ratio':>6}  "
-        f"{'CPU ratio':>9}  {'efficiency':>10}",
+        f"{'round':>6}  {'1w req/s':>8}  {f'{n}w req/s':>8}  {'ratio':>5}  {'load1':>5}  "
+        f"{'others':>6}  {'h2load':>6}  {'1w call/CPUs':>12}  {'per worker':>10}  "
+        f"{'busiest':>7}  {'projected':>9}",
     ]
-    for i, row in enumerate(result["rounds"], 1):
-        lines.append(
-            f"{i:>5}  {row['one']:>14.0f}  {row['many']:>16.0f}  {row['ratio']:>6.3f}  "
-            f"{row['cpu_ratio']:>9.3f}  {row['efficiency']:>10.3f}"
+
+    def line(label: str, row: dict[str, Any]) -> str:
+        return (
+            f"{label:>6}  {row['one']:>8.0f}  {row['many']:>8.0f}  {row['ratio']:>5.2f}  "
+            f"{row['load1']:>5.1f}  {row['others_cores']:>6.2f}  {row['h2load_cores']:>6.2f}  "
+            f"{row['one_calls_per_cpu_s']:>12.0f}  {row['calls_per_cpu_s_per_worker']:>10.0f}  "
+            f"{row['busiest_worker_share']:>7.2f}  {row['projected_ratio']:>9.2f}"
         )
-    lines.append(
-        f"{'median':>5}  {result['one_median_rps']:>14.0f}  {result['many_median_rps']:>16.0f}  "
-        f"{result['ratio_median']:>6.3f}  {result['cpu_ratio_median']:>9.3f}  "
-        f"{result['efficiency_median']:>10.3f}"
-    )
-    lines.append(
-        f"target >= 1.7 for 2 workers on 2 cores; load average {result['load_average_at_end']:.1f} "
-        "at the end (a ratio above the worker count means the machine was contended: "
-        "see CPU ratio)"
-    )
+
+    for i, row in enumerate(result["rounds"], 1):
+        lines.append(line(str(i), row))
+    medians = {
+        "one": result["one_median_rps"],
+        "many": result["many_median_rps"],
+        "ratio": result["ratio_median"],
+        "load1": result["load1_median"],
+        "others_cores": result["others_cores_median"],
+        "h2load_cores": result["h2load_cores_median"],
+        "one_calls_per_cpu_s": result["one_calls_per_cpu_s_median"],
+        "calls_per_cpu_s_per_worker": result["calls_per_cpu_s_per_worker_median"],
+        "busiest_worker_share": result["busiest_worker_share_median"],
+        "projected_ratio": result["projected_ratio_median"],
+    }
+    lines.append(line("median", medians))
+    lines += [
+        "load1: 1-minute load average; others / h2load: cores' worth of CPU that other processes /",
+        "the load generator used during the round; call/CPUs: calls per CPU second of the single",
+        f"process and of each of the {n} workers (equal = a worker's call costs what it costs",
+        "alone); busiest: the busiest worker's share of the workers' CPU (1/N = even);",
+        "projected: the throughput ratio with a core per worker and the load generated elsewhere",
+        "(single-process CPU / busiest worker's CPU), independent of the machine's load.",
+        f"target >= 1.7 for 2 workers; measured ratio {result['ratio_median']:.2f}, "
+        f"projected {result['projected_ratio_median']:.2f}, CPU ratio "
+        f"{result['cpu_ratio_median']:.2f}, efficiency {result['efficiency_median']:.2f}",
+    ]
     return "\n".join(lines) + "\n" + json.dumps(result)

@@ -13,6 +13,7 @@ call made while serving a call inherits its deadline and correlation id (see pro
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from ..codec import StackCodec
 from ..compression import ACCEPT_ENCODING, GZIP
+from ..observability import trace_exporter_configured
 from ..settings import ClientSettings
 from .call import ClientCall, RpcError
 from .channel import Endpoint, Pool, client_ssl_context
@@ -37,6 +39,7 @@ from .retry import RetryPolicy, RetryThrottle
 StubT = TypeVar("StubT")
 
 _USER_AGENT = f"grpcstack-client {USER_AGENT}"
+log = logging.getLogger("grpcstack.client")
 
 
 class MethodSpec:
@@ -144,6 +147,7 @@ class Client:
             wait_for_ready=s.GRPC_CLIENT_WAIT_FOR_READY,
         )
         self.middlewares = list(middlewares)
+        self.middlewares[:0] = _tracing(s, self.middlewares)
         if metrics_registry is not None:
             self.middlewares.insert(0, ClientMetrics(metrics_registry))
         self.codec = codec if codec is not None else StackCodec()
@@ -323,6 +327,25 @@ class Client:
 
             return await hedged(self, spec, request, timeout, deadline, metadata)
         return await self._call(spec, timeout, deadline, metadata).unary(request)
+
+
+def _tracing(s: ClientSettings, given: Sequence[ClientMiddleware]) -> list[ClientMiddleware]:
+    """[ClientTracing] when GRPC_CLIENT_TRACING says so and the caller gave none; OpenTelemetry is
+    imported only then (tracing off costs a call nothing: no hook is added)."""
+    if s.GRPC_CLIENT_TRACING == "off" or any(m.name == "client-tracing" for m in given):
+        return []
+    if s.GRPC_CLIENT_TRACING == "auto" and not trace_exporter_configured():
+        return []
+    try:
+        from .tracing import ClientTracing
+    except ImportError:
+        if s.GRPC_CLIENT_TRACING == "on":
+            raise RuntimeError(
+                "GRPC_CLIENT_TRACING=on needs pip install 'grpcstack[otel]'"
+            ) from None
+        log.warning("OTEL_* exporter settings found but OpenTelemetry is not installed")
+        return []
+    return [ClientTracing(configure=True)]
 
 
 def _fast_stub(stub_class: type) -> type:

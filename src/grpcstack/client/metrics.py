@@ -3,7 +3,8 @@
 grpc_client_started_total, grpc_client_handled_total{grpc_code}, grpc_client_handling_seconds,
 grpc_client_msg_sent_total, grpc_client_msg_received_total (labels grpc_type, grpc_service,
 grpc_method; codes in Go spelling), plus grpcstack_client_retries_total{transparent} counting
-every attempt after the first.
+every attempt after the first. With client spans on, the latency bucket of a call keeps its trace
+id as exemplar (OpenMetrics exposition).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from grpclib.const import Status
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ..middleware.metrics import DEFAULT_BUCKETS, GO_CODE_NAMES
+from ..middleware.metrics import DEFAULT_BUCKETS, EXEMPLAR_KEY, GO_CODE_NAMES
 from .middleware import ClientCallInfo, ClientMiddleware
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -91,7 +92,9 @@ class ClientMetrics(ClientMiddleware):
         children = self._for(call)
         status = call.status if call.status is not None else Status.UNKNOWN
         self.handled.labels(*children[4], GO_CODE_NAMES[status]).inc()
-        children[1].observe(call.duration or 0.0)
+        # the trace id of a sampled client span (client/tracing.py) as the bucket's exemplar
+        exemplar = call.extra.get(EXEMPLAR_KEY) if call.extra else None
+        children[1].observe(call.duration or 0.0, exemplar)
         if call.msg_sent:
             children[2].inc(call.msg_sent)
         if call.msg_received:

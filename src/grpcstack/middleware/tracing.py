@@ -186,6 +186,20 @@ class ClientSpan:
         """Record a streamed message: ``kind`` is "SENT" or "RECEIVED", ``n`` counts from 1."""
         self.span.add_event("message", {"message.type": kind, "message.id": n})
 
+    def set_peer(self, target: str) -> None:
+        """``server.address`` / ``server.port`` from a "host:port" target (known once an attempt
+        picked one)."""
+        host, _, port = target.rpartition(":")
+        if host and port.isdigit():
+            self.span.set_attribute("server.address", host.strip("[]"))
+            self.span.set_attribute("server.port", int(port))
+
+    def attempt(self, n: int, transparent: bool) -> None:
+        """Record attempt ``n`` (2, 3 ...: a retry or hedge) of the call."""
+        self.span.add_event(
+            "attempt", {"grpcstack.attempt": n, "grpcstack.transparent": transparent}
+        )
+
     def finish(self, status: Status, message: str | None = None) -> None:
         """Set the call's final status and end the span (once)."""
         self.set_grpc_status(status, message)
@@ -205,14 +219,18 @@ def start_client_span(
     *,
     peer: tuple[str, int] | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    tracer: trace.Tracer | None = None,
+    parent: otel_context.Context | None = None,
 ) -> tuple[ClientSpan, dict[str, str]]:
-    """Start a CLIENT span for ``method``, child of the current span (the call being served, if
-    any), and return it with the ``traceparent``/``tracestate`` headers to send. For hook-style
-    callers (a client middleware: start in ``on_start``, :meth:`ClientSpan.finish` in
-    ``on_done``); the span is not made current."""
+    """Start a CLIENT span for ``method``, child of ``parent`` (default: the current span, i.e.
+    the call being served, if any), and return it with the ``traceparent``/``tracestate`` headers
+    to send. For hook-style callers (a client middleware: start in ``on_start``,
+    :meth:`ClientSpan.finish` in ``on_done``); the span is not made current. A caller starting
+    many spans passes its own ``tracer`` (getting one per call is not free)."""
     name, attributes = _client_attributes(method, peer)
-    tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
-    span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    if tracer is None:
+        tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
+    span = tracer.start_span(name, context=parent, kind=SpanKind.CLIENT, attributes=attributes)
     headers: dict[str, str] = {}
     propagate.inject(headers, context=trace.set_span_in_context(span))
     return ClientSpan(span), headers
