@@ -8,9 +8,9 @@ betterproto2's own field metadata (``cls._betterproto``): 20-30x faster, same by
 Semantics follow betterproto2 exactly: fields in declaration order, None and default values
 skipped (optional/oneof members written whenever they are set), packed repeated scalars, map
 entries written with key and value, unknown fields kept and re-emitted, oneof "last one wins".
-Singular well-known types (Timestamp, Duration, wrappers) go through betterproto2's own
-conversion. Repeated or map values of such types raise ``Unsupported``: the codec then uses
-betterproto2 for that class.
+Singular well-known types (Timestamp, wrappers) go through betterproto2's own
+conversion; Duration through ``wkt`` (betterproto2 gets negative fractions wrong). Repeated or
+map values of such types raise ``Unsupported``: the codec then uses betterproto2 for that class.
 
 Decoding is defensive: truncated varints, lengths past the end, invalid wire types, field
 number 0, invalid UTF-8 and nesting deeper than ``MAX_DEPTH`` raise ``DecodeError``.
@@ -44,6 +44,8 @@ from betterproto2 import (
     TYPE_UINT32,
     TYPE_UINT64,
 )
+
+from .wkt import duration_bytes, duration_timedelta, is_duration
 
 MAX_DEPTH = 100  # upb's default recursion limit
 
@@ -233,6 +235,17 @@ class _Compiler:
             if fm.unwrap is not None:
                 if fm.repeated or pt != TYPE_MESSAGE:
                     raise Unsupported(f"{cls.__name__}.{fname}: repeated well-known type")
+                if is_duration(fm.unwrap()):  # betterproto2 mis-splits negative ones
+                    dur = self.const(duration_bytes, "dur")
+                    key = self.const(_key(fm.number, 2), "k")
+                    lines += [
+                        "    if v is not None:",
+                        f"        _s = {dur}(v)",
+                        f"        out += {key}",
+                        "        out += _SMALL[len(_s)]",
+                        "        out += _s",
+                    ]
+                    continue
                 single = self.const(betterproto2._serialize_single, "single")
                 unwrap = self.const(fm.unwrap, "unwrap")
                 lines += [
@@ -437,7 +450,11 @@ class _Compiler:
             if fm.unwrap is not None:
                 if fm.repeated or pt != TYPE_MESSAGE:
                     raise Unsupported(f"{cls.__name__}.{fname}: repeated well-known type")
-                unwrap = self.const(fm.unwrap, "unwrap")
+                parsed = f"{self.const(fm.unwrap, 'unwrap')}().parse(bytes(buf[pos:_end]))"
+                if is_duration(fm.unwrap()):  # protobuf's rounding, not betterproto2's
+                    value = f"{self.const(duration_timedelta, 'td')}({parsed})"
+                else:
+                    value = f"{parsed}.to_wrapped()"
                 init.append(f"    {var} = None")
                 body += [
                     f"        {branch} _t == {(fm.number << 3) | 2}:",
@@ -445,7 +462,7 @@ class _Compiler:
                     "            _end = pos + _n",
                     "            if _end > end:",
                     "                raise _DecodeError('length past the end')",
-                    f"            {var} = {unwrap}().parse(bytes(buf[pos:_end])).to_wrapped()",
+                    f"            {var} = {value}",
                     "            pos = _end",
                 ]
                 if fm.group:
