@@ -1,7 +1,8 @@
 """proto3 JSON on the HTTP listener, checked against protobuf's own ``json_format`` on the same
 messages: every field shape of coverage.proto (int64 as strings, enums by name, bytes as base64,
 maps, oneofs, optional presence, Timestamp/Duration/wrappers) through a served mirror method,
-plus @cached responses served as JSON from the stored wire bytes."""
+plus @cached responses served as JSON from the stored wire bytes, and the direct printer of
+handlers' own messages against that general path."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from test_codec import upb_class, upb_messages
 
-from gen.coverage.v1 import Everything
+from gen.coverage.v1 import Everything, Node
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
+from gen.ocr.v1 import OcrResponse
 from grpcstack import AsyncBaseServer
 from grpcstack.cache import cached
 from grpcstack.codec import plan
+from grpcstack.web.jsonmap import JsonMapper
+from grpcstack.web.jsonprint import printer_for
 
 MIRROR = "/coverage.v1.Mirror/Reflect"
 JSON = {"content-type": "application/json"}
@@ -50,12 +54,17 @@ class MirrorServer(AsyncBaseServer):
 
 def examples(n: int) -> list[Any]:
     """``n`` random upb Everything messages (deterministic: derandomized)."""
+    return examples_of(Everything, n)
+
+
+def examples_of(cls: type, n: int) -> list[Any]:
+    """``n`` random upb messages of ``cls``'s type (deterministic: derandomized)."""
     out: list[Any] = []
 
     @hsettings(
         max_examples=n, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
     )
-    @given(upb_messages(Everything))
+    @given(upb_messages(cls))
     def collect(message: Any) -> None:
         out.append(message)
 
@@ -221,3 +230,57 @@ def test_compiled_printer_matches_json_format() -> None:
     special.inner_by_id[-5].name = "neg"
     for message in [*examples(150), special, cls()]:
         assert printer.message(message) == json_format.MessageToDict(message)
+
+
+@pytest.mark.parametrize(
+    "cls", [Everything, Node, OcrResponse, EchoResponse], ids=lambda c: c.__name__
+)
+def test_direct_printer_matches_the_wire_path(cls: type) -> None:
+    """A handler's betterproto2 message printed straight to JSON (jsonprint) gives what the
+    general path gives: the stack's codec, then protobuf's json_format on the wire bytes."""
+    printer = printer_for(cls)
+    assert printer is not None
+    upb_cls = upb_class(cls)
+    mapper = JsonMapper()
+    for upb in examples_of(cls, 120):
+        message = plan.decoder(cls)(upb.SerializeToString())
+        wire = plan.encoder(cls)(message)
+        expected = json_format.MessageToDict(upb_cls.FromString(wire))
+        assert json.loads(printer(message)) == expected
+        assert json.loads(printer(message)) == json.loads(mapper.wire_to_json(wire, cls))
+
+
+def test_direct_printer_edge_cases() -> None:
+    from gen.coverage.v1 import Color, Inner, Scalars
+
+    special = Everything(
+        scalars=Scalars(
+            f_float=float("nan"),
+            f_double=float("-inf"),
+            f_enum=99,  # unknown value of an open enum: printed as the number
+            f_string='quote " backslash \\ newline \n ünïcödé \u2028',
+            f_bytes=b"\x00\xff",
+            f_int64=-(2**63),
+            f_uint64=2**64 - 1,
+        ),
+        packed_float=[-0.0, 0.0, float("inf"), 0.1, 3.4e38, 1e-45, 16777217.0],
+        packed_double=[-0.0, 0.0, 1e308, 5e-324, 0.1],
+        colors={"k": 7, "é": Color.GREEN, "z": Color.NEGATIVE},  # type: ignore[dict-item]
+        blob_by_id={2**64 - 1: b"\x00"},
+        inner_by_id={-5: Inner(name="neg"), 0: Inner()},
+        maybe_int=0,  # optional: set to the default is still written
+        maybe_text="",
+        choice_number=0,  # a oneof member set to its default too
+        inner=Inner(),  # a set, empty message: {}
+    )
+    for message in (special, Everything(), Everything(scalars=Scalars(f_double=-0.0))):
+        wire = plan.encoder(Everything)(message)
+        expected = json_format.MessageToDict(upb_class(Everything).FromString(wire))
+        assert json.loads(printer_for(Everything)(message)) == expected  # type: ignore[misc]
+
+
+def test_direct_printer_leaves_unsupported_classes_to_the_wire_path() -> None:
+    from gen.coverage.v1 import Unplanned
+
+    assert printer_for(Unplanned) is None  # repeated Timestamp, map of Int32Value
+    assert JsonMapper().direct_json(Unplanned()) is None
