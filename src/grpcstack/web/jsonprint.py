@@ -125,6 +125,7 @@ class _Compiler:
         self.ns: dict[str, Any] = {
             "_esc": encode_basestring,
             "_f32": _f32,
+            "_F32T": _FLOAT32_TEXT,
             "_f64": _f64,
             "_bytes": _bytes,
         }
@@ -148,8 +149,8 @@ class _Compiler:
             return f"('true' if {x} else 'false')"
         if proto_type in _INT64:
             return f"('\"%d\"' % {x})"
-        if proto_type == TYPE_FLOAT:
-            return f"_f32({x})"
+        if proto_type == TYPE_FLOAT:  # the cache's hit inline: no call for a seen value
+            return f"(_F32T.get({x}) or _f32({x}))"
         if proto_type == TYPE_DOUBLE:
             return f"_f64({x})"
         if proto_type == TYPE_ENUM:
