@@ -139,38 +139,30 @@ def buf(modules: Path) -> str:
 
 
 @pytest.mark.parametrize("protocol", ["connect", "grpcweb", "grpc"])
-async def test_buf_curl(protocol: str) -> None:
+async def test_buf_curl(protocol: str, tmp_path: Path) -> None:
+    """Unary, server streaming and the error paths through the chain. (No deadline case: buf
+    curl has no timeout option and refuses Connect-Timeout-Ms / Grpc-Timeout as headers.)"""
     modules = await asyncio.to_thread(node_modules)
-    async with web_server() as server:
+    # alice's 6th call is over the limit; a 64 KiB message limit for the oversized one
+    async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=5, GRPC_MAX_MESSAGE_LENGTH=65536) as server:
         port = server.port if protocol == "grpc" else server.http_port
         extra = ["--http2-prior-knowledge"] if protocol == "grpc" else []
-        base = [
-            buf(modules),
-            "curl",
-            "--schema",
-            str(ROOT / "protos"),
-            "--protocol",
-            protocol,
-            *extra,
-            "-H",
-            "user-id: alice",
-        ]
+        base = [buf(modules), "curl", "--schema", str(ROOT / "protos"), "--protocol", protocol]
+        base += extra
+        alice = [*base, "-H", "user-id: alice"]
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": str(NODE_DIR),
             "BUF_CACHE_DIR": str(NODE_DIR / "buf-cache"),
         }
+        echo = f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo"
         code, out, err = await run(
-            *base,
-            "-d",
-            '{"message": "buf", "payload": "AAEC"}',
-            f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo",
-            env=env,
+            *alice, "-d", '{"message": "buf", "payload": "AAEC"}', echo, env=env
         )
         assert code == 0, err
         assert json.loads(out) == {"message": "buf", "payloadSize": 3}
         code, out, err = await run(
-            *base,
+            *alice,
             "-d",
             '{"message": "s", "count": 2}',
             f"http://127.0.0.1:{port}/echo.v1.EchoService/Expand",
@@ -178,18 +170,30 @@ async def test_buf_curl(protocol: str) -> None:
         )
         assert code == 0, err
         assert out.count('"message": "s"') == 2
-        # errors: buf curl prints the Connect error JSON and exits non-zero
-        code, out, err = await run(
-            *base,
-            "-d",
-            '{"failWith": "ValueError"}',
-            f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo",
-            env=env,
-        )
-        assert code != 0
-        assert '"code": "invalid_argument"' in err + out
-        assert "failing as asked with ValueError" in err + out
+
+        async def fails(argv: list[str], data: str, code_name: str) -> str:
+            """buf curl prints the error as JSON and exits non-zero."""
+            rc, out, err = await run(*argv, "-d", data, echo, env=env)
+            assert rc != 0, out
+            assert f'"code": "{code_name}"' in err + out, err + out
+            return err + out
+
+        text = await fails(alice, '{"failWith": "ValueError"}', "invalid_argument")
+        assert "failing as asked with ValueError" in text
+        text = await fails(base, '{"message": "who"}', "unauthenticated")
+        assert 'missing \\"user-id\\" metadata' in text  # JSON-escaped quotes
+        big = tmp_path / "big.json"
+        big.write_text(json.dumps({"message": "x" * 100_000}))
+        text = await fails(alice, f"@{big}", "resource_exhausted")
+        assert "larger than max" in text
+        code, out, err = await run(*alice, "-d", "{}", echo, env=env)  # the 5th: still OK
+        assert code == 0, err
+        text = await fails(alice, "{}", "resource_exhausted")
+        assert "rate limit of 5 requests" in text
+        assert "google.rpc.RetryInfo" in text
         label = {"connect": "connect", "grpcweb": "grpc-web", "grpc": "grpc"}[protocol]
-        assert handled(server, "Echo", "OK", label) == 1
+        assert handled(server, "Echo", "OK", label) == 2
         assert handled(server, "Expand", "OK", label) == 1
         assert handled(server, "Echo", "InvalidArgument", label) == 1
+        assert handled(server, "Echo", "Unauthenticated", label) == 1
+        assert handled(server, "Echo", "ResourceExhausted", label) == 2
