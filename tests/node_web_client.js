@@ -3,6 +3,7 @@
 // HTTP/1.1 and HTTP/2 (h2c), JSON and binary. Schemas come from a FileDescriptorSet at run time.
 // Usage: node node_web_client.js <descriptor_set.bin> <port> [ratelimit]; prints JSON results.
 "use strict";
+const crypto = require("crypto");
 const fs = require("fs");
 const { fromBinary, createFileRegistry, create } = require("@bufbuild/protobuf");
 const { FileDescriptorSetSchema } = require("@bufbuild/protobuf/wkt");
@@ -46,6 +47,8 @@ async function run(client) {
   out.unauthenticated = await expectError(client.echo({ message: "x" }), Code.Unauthenticated);
   out.invalid_argument = await expectError(client.echo({ failWith: "ValueError" }, { headers: USER }), Code.InvalidArgument);
   out.deadline = await expectError(client.echo({ sleepSeconds: 30 }, { headers: USER, timeoutMs: 200 }), Code.DeadlineExceeded);
+  // over the server's 4 KiB message limit (random bytes: no compression shrinks them)
+  out.oversized = await expectError(client.echo({ payload: crypto.randomBytes(20000) }, { headers: USER }), Code.ResourceExhausted);
   out.stream_error = await expectError((async () => { for await (const _ of client.expand({ count: 1, failWith: "KeyError" }, { headers: USER })) {} })(), Code.NotFound);
   return out;
 }

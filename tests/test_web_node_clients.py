@@ -79,7 +79,9 @@ async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
 
 async def test_connect_es_clients(descriptor_set: Path) -> None:
     modules = await asyncio.to_thread(node_modules)
-    async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=1000) as server:
+    async with web_server(
+        GRPC_RATE_LIMIT_MAX_REQUESTS=1000, GRPC_MAX_MESSAGE_LENGTH=4096
+    ) as server:
         code, out, err = await run(
             "node",
             str(ROOT / "tests" / "node_web_client.js"),
@@ -99,6 +101,10 @@ async def test_connect_es_clients(descriptor_set: Path) -> None:
         assert handled(server, "Expand", "OK", "grpc-web") == 1
         assert handled(server, "Expand", "OK", "connect") == 2
         assert handled(server, "Echo", "Unauthenticated", "grpc-web") == 1
+        for name, cases in results.items():
+            assert "larger than max" in cases["oversized"]["message"], name
+        assert handled(server, "Echo", "ResourceExhausted", "grpc-web") == 1
+        assert handled(server, "Echo", "ResourceExhausted", "connect") == 2
         # the client gives up at the same moment the server's deadline fires: either code
         assert (
             sum(
