@@ -284,3 +284,20 @@ def test_direct_printer_leaves_unsupported_classes_to_the_wire_path() -> None:
 
     assert printer_for(Unplanned) is None  # repeated Timestamp, map of Int32Value
     assert JsonMapper().direct_json(Unplanned()) is None
+
+
+async def test_send_limit_applies_to_the_json_body() -> None:
+    """GRPC_MAX_SEND_MESSAGE_LENGTH over HTTP/JSON measures the JSON text as sent (the direct
+    printer's and the wire path's alike): 1000 strings "\\x01" are 3 KB of protobuf but 9 KB of
+    JSON ("\\u0001" each)."""
+    strings = ["\x01"] * 1000
+    async with (
+        running(MirrorServer(settings(GRPC_HTTP_PORT=0, GRPC_MAX_SEND_MESSAGE_LENGTH=5000))) as srv,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", timeout=30) as c,
+    ):
+        assert len(plan.encoder(Everything)(Everything(strings=strings))) < 5000
+        r = await c.post(MIRROR, json={"strings": strings})
+        assert (r.status_code, r.json()["code"]) == (429, "resource_exhausted")
+        assert "Sent message larger than max (9013 vs. 5000)" in r.json()["message"]
+        r = await c.post(MIRROR, json={"strings": strings[:500]})
+        assert r.status_code == 200

@@ -165,11 +165,13 @@ class WebStream:
             raise GRPCError(Status.INTERNAL, "Unary response was already sent")
         (message,) = await self._dispatch.send_message(message)
         reply_type = self._handler.reply_type
-        # JSON of a handler's own message: printed directly (jsonprint); else via wire bytes
+        # JSON of a handler's own message: printed directly (jsonprint); else via wire bytes.
+        # The send limit applies to the body as sent (JSON text or protobuf bytes).
         data = self._mapper.direct_json(message) if self._json else None
-        direct = data is not None
         if data is None:
             data = self._codec.encode(message, reply_type)  # PreEncoded (cache hits) pass
+            if self._json:
+                data = self._mapper.wire_to_json(data, reply_type)
         if len(data) > self.max_send_length:
             log.error(
                 "%s: response of %d bytes is over the max message length %d",
@@ -181,8 +183,6 @@ class WebStream:
                 Status.RESOURCE_EXHAUSTED,
                 f"Sent message larger than max ({len(data)} vs. {self.max_send_length})",
             )
-        if self._json and not direct:
-            data = self._mapper.wire_to_json(data, reply_type)
         await self._responder.message(data)
         self.messages_sent += 1
         counter = self.call.msg_sent
