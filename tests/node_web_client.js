@@ -59,12 +59,35 @@ async function runRateLimit(client, user) {
   return { rate_limited: await expectError(client.echo({}, { headers: { "user-id": user } }), Code.ResourceExhausted) };
 }
 
+// A client built from an older echo.proto where EchoRequest.count was a string: over Connect JSON
+// it sends {"count": "three"}, which the server's schema cannot read (INVALID_ARGUMENT naming it).
+function olderSchemaService() {
+  const set = fromBinary(FileDescriptorSetSchema, fs.readFileSync(descriptorPath));
+  for (const file of set.file) {
+    for (const message of file.messageType) {
+      if (file.package === "echo.v1" && message.name === "EchoRequest") {
+        message.field.find((f) => f.name === "count").type = 9; // TYPE_STRING
+      }
+    }
+  }
+  return createFileRegistry(set).getService("echo.v1.EchoService");
+}
+
 (async () => {
   const results = {};
   for (const [i, [name, transport]] of Object.entries(transports).entries()) {
     try {
       const client = createClient(service, transport);
       results[name] = mode === "ratelimit" ? await runRateLimit(client, `limited-${i}`) : await run(client);
+    } catch (e) {
+      results[name] = { crashed: String(e && e.stack || e) };
+    }
+  }
+  if (mode !== "ratelimit") {
+    const name = "connect json (node, http/1.1), older schema";
+    try {
+      const client = createClient(olderSchemaService(), transports["connect json (node, http/1.1)"]);
+      results[name] = { bad_json: await expectError(client.echo({ count: "three" }, { headers: USER }), Code.InvalidArgument) };
     } catch (e) {
       results[name] = { crashed: String(e && e.stack || e) };
     }

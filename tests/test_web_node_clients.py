@@ -91,7 +91,9 @@ async def test_connect_es_clients(descriptor_set: Path) -> None:
         )
         assert code == 0, err
         results: dict[str, dict[str, Any]] = json.loads(out)
-        assert len(results) == 3
+        assert len(results) == 4
+        bad_json = results.pop("connect json (node, http/1.1), older schema")["bad_json"]
+        assert "Failed to parse count field" in bad_json["message"]
         for name, cases in results.items():
             assert "crashed" not in cases, (name, cases)
             for case, outcome in cases.items():
@@ -105,6 +107,8 @@ async def test_connect_es_clients(descriptor_set: Path) -> None:
             assert "larger than max" in cases["oversized"]["message"], name
         assert handled(server, "Echo", "ResourceExhausted", "grpc-web") == 1
         assert handled(server, "Echo", "ResourceExhausted", "connect") == 2
+        # failWith=ValueError on both Connect transports, and the older schema's bad JSON
+        assert handled(server, "Echo", "InvalidArgument", "connect") == 3
         # the client gives up at the same moment the server's deadline fires: either code
         assert (
             sum(
