@@ -167,7 +167,9 @@ class WebStream:
         reply_type = self._handler.reply_type
         # JSON of a handler's own message: printed directly (jsonprint); else via wire bytes.
         # The send limit applies to the body as sent (JSON text or protobuf bytes).
-        data = self._mapper.direct_json(message) if self._json else None
+        # (only for the declared type: the codec's encode reports any other as INTERNAL)
+        direct = self._json and type(message) is reply_type
+        data = self._mapper.direct_json(message) if direct else None
         if data is None:
             data = self._codec.encode(message, reply_type)  # PreEncoded (cache hits) pass
             if self._json:
