@@ -1,7 +1,10 @@
 """Independent non-Python clients against the HTTP listener: Connect-ES (@connectrpc/connect-web's
 gRPC-Web transport on fetch, @connectrpc/connect-node's Connect transport over HTTP/1.1 and h2c)
-and ``buf curl`` (Connect, gRPC-Web, and gRPC on the gRPC port) with ``--schema protos``.
-The npm packages are installed once into .cache/node-connect (skipped without node/npm)."""
+and ``buf curl`` (Connect, gRPC-Web, and gRPC on the gRPC port) with ``--schema protos``: unary,
+server streaming, and through the chain UNAUTHENTICATED, RESOURCE_EXHAUSTED with RetryInfo,
+INVALID_ARGUMENT (a bad JSON value named by field, from a client on an older schema), deadlines
+and oversized requests. The npm packages are installed once into .cache/node-connect (skipped
+without node/npm)."""
 
 from __future__ import annotations
 
