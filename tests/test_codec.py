@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import betterproto2
 import pytest
 from google.protobuf import descriptor as d
 from google.protobuf import json_format, message_factory
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from gen.common.v1 import Metadata
 from gen.coverage.v1 import Everything, Inner, Node, Scalars, Unplanned
 from gen.echo.v1 import EchoRequest, EchoResponse
+from gen.google.protobuf import Duration
 from gen.grpc.testing import Empty, SimpleRequest
 from gen.llm.v1 import LlmResponse
 from gen.ocr.v1 import OcrBatchProgress, OcrRequest, OcrResponse
@@ -318,3 +321,60 @@ def test_duration_through_the_stack_codec() -> None:
         upb = upb_class(Everything).FromString(wire)
         assert upb.elapsed.ToTimedelta() == delta
         assert codec.decode(wire, Everything).elapsed == delta
+
+
+@dataclass(eq=False, repr=False)
+class Spans(betterproto2.Message):
+    """Repeated and optional Durations (no project proto has them): betterproto2 wrote
+    -0.25 s as seconds=0, nanos=+750000000 here too."""
+
+    # (betterproto2's own field declarations, as its generated code writes them)
+    spans: list[datetime.timedelta] = betterproto2.field(  # noqa: RUF009
+        1, betterproto2.TYPE_MESSAGE, repeated=True, unwrap=lambda: Duration
+    )
+    one: datetime.timedelta | None = betterproto2.field(  # noqa: RUF009
+        2, betterproto2.TYPE_MESSAGE, optional=True, unwrap=lambda: Duration
+    )
+
+
+def upb_spans() -> Any:
+    """The upb class of Spans' schema, built in a pool of its own."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(duration_pb2.DESCRIPTOR.serialized_pb)
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="spans.proto",
+        package="spans",
+        syntax="proto3",
+        dependency=["google/protobuf/duration.proto"],
+    )
+    message = proto.message_type.add(name="Spans")
+    repeated, optional = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    duration = ".google.protobuf.Duration"
+    message.field.add(
+        name="spans", number=1, label=repeated, type=F.TYPE_MESSAGE, type_name=duration
+    )
+    message.field.add(name="one", number=2, label=optional, type=F.TYPE_MESSAGE, type_name=duration)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("spans.Spans"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spans=st.lists(st.one_of(DURATIONS, st.sampled_from(NEGATIVE_EDGES)), max_size=5),
+    one=st.none() | DURATIONS,
+)
+def test_repeated_durations_are_planned_and_match_protobuf(
+    spans: list[datetime.timedelta], one: datetime.timedelta | None
+) -> None:
+    upb_cls = upb_spans()
+    expected = upb_cls()
+    for delta in spans:
+        expected.spans.add().FromTimedelta(delta)
+    if one is not None:
+        expected.one.FromTimedelta(one)
+    wire = plan.encoder(Spans)(Spans(spans=spans, one=one))  # compiled: no fallback
+    assert upb_cls.FromString(wire) == expected
+    back = plan.decoder(Spans)(expected.SerializeToString())
+    assert (back.spans, back.one) == (spans, one)
