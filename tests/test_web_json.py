@@ -16,11 +16,10 @@ from google.protobuf import json_format
 from grpclib.const import Cardinality, Handler
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
-from test_codec import upb_class, upb_messages
+from test_codec import CLASSES, upb_class, upb_messages
 
-from gen.coverage.v1 import Everything, Node
+from gen.coverage.v1 import Everything
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceBase, EchoServiceStub
-from gen.ocr.v1 import OcrResponse
 from grpcstack import AsyncBaseServer
 from grpcstack.cache import cached
 from grpcstack.codec import plan
@@ -232,9 +231,7 @@ def test_compiled_printer_matches_json_format() -> None:
         assert printer.message(message) == json_format.MessageToDict(message)
 
 
-@pytest.mark.parametrize(
-    "cls", [Everything, Node, OcrResponse, EchoResponse], ids=lambda c: c.__name__
-)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_direct_printer_matches_the_wire_path(cls: type) -> None:
     """A handler's betterproto2 message printed straight to JSON (jsonprint) gives what the
     general path gives: the stack's codec, then protobuf's json_format on the wire bytes."""
