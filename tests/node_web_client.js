@@ -3,6 +3,7 @@
 // HTTP/1.1 and HTTP/2 (h2c), JSON and binary. Schemas come from a FileDescriptorSet at run time.
 // Usage: node node_web_client.js <descriptor_set.bin> <port> [ratelimit]; prints JSON results.
 "use strict";
+const crypto = require("crypto");
 const fs = require("fs");
 const { fromBinary, createFileRegistry, create } = require("@bufbuild/protobuf");
 const { FileDescriptorSetSchema } = require("@bufbuild/protobuf/wkt");
@@ -46,6 +47,8 @@ async function run(client) {
   out.unauthenticated = await expectError(client.echo({ message: "x" }), Code.Unauthenticated);
   out.invalid_argument = await expectError(client.echo({ failWith: "ValueError" }, { headers: USER }), Code.InvalidArgument);
   out.deadline = await expectError(client.echo({ sleepSeconds: 30 }, { headers: USER, timeoutMs: 200 }), Code.DeadlineExceeded);
+  // over the server's 4 KiB message limit (random bytes: no compression shrinks them)
+  out.oversized = await expectError(client.echo({ payload: crypto.randomBytes(20000) }, { headers: USER }), Code.ResourceExhausted);
   out.stream_error = await expectError((async () => { for await (const _ of client.expand({ count: 1, failWith: "KeyError" }, { headers: USER })) {} })(), Code.NotFound);
   return out;
 }
@@ -56,12 +59,35 @@ async function runRateLimit(client, user) {
   return { rate_limited: await expectError(client.echo({}, { headers: { "user-id": user } }), Code.ResourceExhausted) };
 }
 
+// A client built from an older echo.proto where EchoRequest.count was a string: over Connect JSON
+// it sends {"count": "three"}, which the server's schema cannot read (INVALID_ARGUMENT naming it).
+function olderSchemaService() {
+  const set = fromBinary(FileDescriptorSetSchema, fs.readFileSync(descriptorPath));
+  for (const file of set.file) {
+    for (const message of file.messageType) {
+      if (file.package === "echo.v1" && message.name === "EchoRequest") {
+        message.field.find((f) => f.name === "count").type = 9; // TYPE_STRING
+      }
+    }
+  }
+  return createFileRegistry(set).getService("echo.v1.EchoService");
+}
+
 (async () => {
   const results = {};
   for (const [i, [name, transport]] of Object.entries(transports).entries()) {
     try {
       const client = createClient(service, transport);
       results[name] = mode === "ratelimit" ? await runRateLimit(client, `limited-${i}`) : await run(client);
+    } catch (e) {
+      results[name] = { crashed: String(e && e.stack || e) };
+    }
+  }
+  if (mode !== "ratelimit") {
+    const name = "connect json (node, http/1.1), older schema";
+    try {
+      const client = createClient(olderSchemaService(), transports["connect json (node, http/1.1)"]);
+      results[name] = { bad_json: await expectError(client.echo({ count: "three" }, { headers: USER }), Code.InvalidArgument) };
     } catch (e) {
       results[name] = { crashed: String(e && e.stack || e) };
     }

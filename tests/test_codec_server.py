@@ -111,3 +111,28 @@ async def test_malformed_request_names_the_problem(pb2: Any) -> None:
             await raw(b"\x0a\x05ab", timeout=5)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "length past the end" in (err.value.details() or "")
+
+
+async def test_wrong_types_over_connect_json_are_internal(caplog: pytest.LogCaptureFixture) -> None:
+    """Over HTTP/JSON too: a handler's message of another type is never printed as JSON (the
+    direct printer serves the declared type only; the codec reports the rest)."""
+    import httpx
+
+    caplog.set_level(logging.ERROR)
+    server = One(QuirkyEcho(), settings(GRPC_HTTP_PORT=0))
+    async with (
+        running(server),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as c,
+    ):
+        path = "/echo.v1.EchoService/Echo"
+        r = await c.post(path, json={"message": "fine"})
+        assert (r.status_code, r.json()) == (200, {"message": "fine"})
+        r = await c.post(path, json={"message": "pre-encoded"})
+        assert (r.status_code, r.json()) == (200, {"message": "from bytes"})
+        for what, names in (
+            ("wrong-type", "EchoResponse, not gen.echo.v1.EchoRequest"),
+            ("raw-bytes", "PreEncoded"),
+        ):
+            r = await c.post(path, json={"message": what})
+            assert (r.status_code, r.json()["code"]) == (500, "internal"), what
+            assert any(names in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info)

@@ -38,6 +38,20 @@ def count(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
+def served(server: Any, protocol: str | None, code: str = "OK") -> float:
+    """ExtractText calls the server itself counted over ``protocol`` (grpc or connect; None
+    for a server without the HTTP listener, whose metrics carry no protocol label)."""
+    labels = {
+        "grpc_service": "ocr.v1.OCRService",
+        "grpc_method": "ExtractText",
+        "grpc_type": "unary",
+        "grpc_code": code,
+    }
+    if protocol is not None:
+        labels["protocol"] = protocol
+    return count(server.metrics_registry, "grpc_server_handled_total", **labels)
+
+
 async def test_http_and_grpc_give_the_same_result() -> None:
     async with running(CannedOcrServer(settings(GRPC_HTTP_PORT=0, GRPC_ENABLE_AUTH=True))) as srv:
         expected = EXPECTED
@@ -52,6 +66,7 @@ async def test_http_and_grpc_give_the_same_result() -> None:
                 await worker.close()
             assert count(registry, "ocr_worker_calls_total", transport=transport, outcome="OK") == 1
         assert results["http"] == results["grpc"] == expected
+        assert served(srv, "connect") == served(srv, "grpc") == 1
 
 
 async def test_rollout_percent_splits_jobs_stably() -> None:
@@ -76,6 +91,7 @@ async def test_rollout_percent_splits_jobs_stably() -> None:
         http = count(registry, "ocr_worker_calls_total", transport="http", outcome="OK")
         assert grpc + http == 40
         assert grpc == [worker.transport_for(j) for j in jobs[:40]].count("grpc")
+        assert (served(srv, "grpc"), served(srv, "connect")) == (grpc, http)
 
 
 async def test_unreachable_grpc_falls_back_to_http() -> None:
@@ -91,6 +107,7 @@ async def test_unreachable_grpc_falls_back_to_http() -> None:
             assert result == EXPECTED
             assert count(registry, "ocr_worker_fallbacks_total", code="UNAVAILABLE") == 1
             assert count(registry, "ocr_worker_calls_total", transport="http", outcome="OK") == 1
+            assert served(srv, "connect") == 1  # the fallback reached the server over HTTP
     finally:
         closed.close()
 
@@ -123,6 +140,8 @@ async def test_unavailable_grpc_falls_back_and_other_errors_do_not() -> None:
                 count(registry, "ocr_worker_calls_total", transport="grpc", outcome="UNAVAILABLE")
                 == 1
             )
+            assert served(down, None, "Unavailable") == 1  # refused there ...
+            assert served(srv, "connect") == 1  # ... served here over HTTP
         # UNAUTHENTICATED is not retryable: no fallback, the code is reported
         registry = CollectorRegistry()
         worker = stage(srv, registry, OCR_USER_ID="")

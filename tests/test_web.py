@@ -509,3 +509,37 @@ async def test_curl_json_errors_and_get() -> None:
         code, error = await curl("-H", "user-id: alice", target + query)
         assert (code, error["code"]) == (429, "resource_exhausted")
         assert error["details"][0]["type"] == "google.rpc.RetryInfo"
+
+
+async def test_curl_oversized_body_refused_from_its_length(tmp_path: Any) -> None:
+    """curl posting 2 MB over a 64 KiB limit: refused with 429 resource_exhausted from the
+    announced Content-Length (the size the error quotes), before the app reads the body (the
+    raw-socket test above shows the answer comes without it). Counted by the chain."""
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"message": "x" * 2_000_000}))
+    size = big.stat().st_size
+    async with web_server(GRPC_MAX_MESSAGE_LENGTH=65536) as server:
+        proc = await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "user-id: alice",
+            "--data-binary",
+            f"@{big}",
+            url(server, ECHO),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        body, _, code = out.decode().rpartition("\n")
+        error = json.loads(body)
+        assert (int(code), error["code"]) == (429, "resource_exhausted")
+        assert f"larger than max ({size} vs. 65536)" in error["message"]
+        assert handled(server, "Echo", "ResourceExhausted", "connect") == 1

@@ -6,6 +6,7 @@ error, deadline and retry-info paths, all through the server's middleware chain.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -172,3 +173,41 @@ async def test_oversized_request_is_resource_exhausted(stubs: Any, mode: str) ->
         reply = await c.echo(pb.EchoRequest(payload=b"ok"), headers=USER)
         assert reply.payload_size == 2
         assert handled(server, "Echo", "OK", label) == 1
+
+
+class OlderSchemaJsonCodec:
+    """The JSON codec of a client built from an older echo.proto where ``count`` was a string:
+    its requests carry ``"count": "three"``, which the server's schema cannot read."""
+
+    def __init__(self) -> None:
+        self._json = google_protobuf_json_codec()
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Any) -> bytes:
+        body = json.loads(self._json.encode(message))
+        body["count"] = "three"
+        return json.dumps(body).encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type) -> Any:
+        return self._json.decode(data, message_class)
+
+
+async def test_bad_json_is_invalid_argument_naming_the_field(stubs: Any) -> None:
+    """A JSON body the server's schema rejects: INVALID_ARGUMENT naming the field, counted by the
+    chain like any other error (the request passed auth and the rate limit first)."""
+    pb = sys.modules["connect_echo.echo_pb2"]
+    async with (
+        web_server() as server,
+        stubs.EchoServiceClient(
+            f"http://127.0.0.1:{server.http_port}",
+            protocol=ProtocolType.CONNECT,
+            codec=OlderSchemaJsonCodec(),
+        ) as c,
+    ):
+        with pytest.raises(ConnectError) as err:
+            await c.echo(pb.EchoRequest(message="x"), headers=USER)
+        assert err.value.code is Code.INVALID_ARGUMENT
+        assert "Failed to parse count field" in err.value.message
+        assert handled(server, "Echo", "InvalidArgument", "connect") == 1

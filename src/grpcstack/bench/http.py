@@ -159,8 +159,9 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], name: str) -> None:
     raise RuntimeError(f"{name} did not start")
 
 
-def _ok_calls(metrics_port: int, method: str) -> float:
-    """grpc_server_handled_total{grpc_code="OK"} of ``method`` over every protocol."""
+def ok_calls(metrics_port: int, method: str, protocol: str | None = None) -> float:
+    """grpc_server_handled_total{grpc_code="OK"} of ``method`` over ``protocol`` (grpc,
+    connect, grpc-web) or every protocol."""
     service, name = method.strip("/").split("/")
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     total = 0.0
@@ -170,16 +171,21 @@ def _ok_calls(metrics_port: int, method: str) -> float:
             and 'grpc_code="OK"' in line
             and f'grpc_method="{name}"' in line
             and f'grpc_service="{service}"' in line
+            and (protocol is None or f'protocol="{protocol}"' in line)
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-def _ok_calls_settled(metrics_port: int, method: str, expected: float) -> float:
+def ok_calls_settled(
+    metrics_port: int, method: str, expected: float, protocol: str | None = None
+) -> float:
     """The OK count once it reaches ``expected`` (a call is counted just after its response is
     written), or whatever it is after 10 s."""
     deadline = time.monotonic() + 10
-    while (value := _ok_calls(metrics_port, method)) < expected and time.monotonic() < deadline:
+    while (
+        value := ok_calls(metrics_port, method, protocol)
+    ) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return value
 
@@ -233,12 +239,12 @@ def run(opts: Options) -> dict[str, Any]:
         for _ in range(opts.rounds):
             row: dict[str, float] = {}
             for name, (load, port) in variants.items():
-                before = _ok_calls(metrics_port, opts.method)
+                before = ok_calls(metrics_port, opts.method)
                 result = load.run(port, opts.requests)
                 if name == "grpc":
                     ok = result["succeeded"]
                 elif name == "connect_json_h1":
-                    ok = _ok_calls_settled(metrics_port, opts.method, before + opts.requests)
+                    ok = ok_calls_settled(metrics_port, opts.method, before + opts.requests)
                     ok -= before
                 else:
                     ok = result["2xx"]

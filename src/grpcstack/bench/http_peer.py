@@ -7,7 +7,9 @@
 fields seed 001's OCRStage reads. The engine is the one the gRPC server uses (``--engine`` names
 a factory returning it), so both sides do the same recognition. ``http_caller`` is the seed's
 ``_execute_http``: a new ``httpx.AsyncClient(timeout=300)`` per call, POST, ``raise_for_status``,
-parse the JSON. fastapi, uvicorn and httpx come with the ``bench`` extra.
+parse the JSON. ``connect_json_caller`` makes the same pooled call to grpcstack's own HTTP/JSON
+mode (Connect unary on ``GRPC_HTTP_PORT``). fastapi, uvicorn and httpx come with the ``bench``
+extra.
 """
 
 from __future__ import annotations
@@ -114,6 +116,49 @@ async def pooled_http_caller(port: int) -> AsyncIterator[_HttpCaller]:
 
     async with httpx.AsyncClient(timeout=300.0) as client:
         yield _HttpCaller(port, client)
+
+
+class _ConnectCaller:
+    """The same pooled httpx call, to grpcstack's own HTTP/JSON mode: Connect unary, a POST of
+    the request's proto3 JSON to ``/ocr.v1.OCRService/ExtractText`` on ``GRPC_HTTP_PORT``."""
+
+    URL_PATH = "/ocr.v1.OCRService/ExtractText"
+
+    def __init__(self, port: int, client: Any) -> None:
+        self.url = f"http://127.0.0.1:{port}{self.URL_PATH}"
+        self.images = os.environ["BENCH_OCR_IMAGES"].split(",")
+        self.client = client
+        self.last_request = b""
+        self.last_response = b""
+
+    async def call(self, i: int) -> str:
+        image = self.images[i % len(self.images)]
+        # the fields the gRPC caller sets (OcrClient.extract_text), by their JSON names
+        body = {
+            "privateImagePath": image,
+            "language": "en",
+            "confidenceThreshold": 0.5,
+            "useAngleCls": True,
+        }
+        response = await self.client.post(self.url, json=body)
+        if response.status_code != 200:
+            return f"HTTP_{response.status_code}"
+        data = response.json()
+        self.last_request = response.request.content
+        self.last_response = response.content
+        return "OK" if data.get("status") == "STATUS_SUCCESS" else f"OCR_{data.get('status')}"
+
+    def payload(self) -> dict[str, int]:
+        return {"request": len(self.last_request), "response": len(self.last_response)}
+
+
+@asynccontextmanager
+async def connect_json_caller(port: int) -> AsyncIterator[_ConnectCaller]:
+    """grpcstack's HTTP/JSON (Connect) mode with the pooled HTTP caller's client."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=300.0) as client:
+        yield _ConnectCaller(port, client)
 
 
 def main() -> None:

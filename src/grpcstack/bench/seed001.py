@@ -2,12 +2,15 @@
 
 Two servers on one engine and the same images, each its own process pinned to core 0:
 the seed's FastAPI + uvicorn ``POST /ocr/extract`` (``http_peer``) and grpcstack serving
-OCRService (full default chain, response cache off so both run the engine every call). The
-callers are separate processes on core 1: the seed's ``_execute_http`` (httpx, a client per
-call) and the seed's gRPC worker call on the stack (OcrClient.extract_text on grpcstack.Client).
+OCRService (full default chain, response cache off so both run the engine every call) over gRPC
+and, on its HTTP listener, over its own HTTP/JSON mode (Connect unary). The callers are separate
+processes on core 1: the seed's ``_execute_http`` (httpx, a client per call), the same call on
+one pooled httpx client, that pooled client posting proto3 JSON to the stack's HTTP/JSON mode,
+and the seed's gRPC worker call on the stack (OcrClient.extract_text on grpcstack.Client).
 Two tables: the real engine (RapidOCR, one ONNX thread) and a canned engine (a fixed 50-word
 result, no OCR work) so the transport's cost is visible. Server CPU % is the server process's
-CPU time over the run's wall time (100% = one core).
+CPU time over the run's wall time (100% = one core). Every call is checked OK by its caller, and
+the stack's own count (grpc_server_handled_total per protocol) must agree.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .process import ServerProcess, pin
+from .http import ok_calls, ok_calls_settled
+from .process import ServerProcess, free_port, pin
 from .report import Row, Table, median, percentile
 
 ENGINE = "platform_services.bench_ocr:bench_engine"
@@ -29,9 +33,12 @@ GRPC_SERVER = "platform_services.bench_ocr:OcrBenchServer"
 GRPC_CALLER = "platform_services.bench_ocr:grpc_caller"
 HTTP_CALLER = "grpcstack.bench.http_peer:http_caller"
 POOLED_CALLER = "grpcstack.bench.http_peer:pooled_http_caller"
+CONNECT_CALLER = "grpcstack.bench.http_peer:connect_json_caller"
 HTTP = "HTTP/JSON, seed's caller (client per call)"
 POOLED = "HTTP/JSON, pooled client"
+CONNECT = "HTTP/JSON, grpcstack's Connect mode (pooled client)"
 GRPC = "gRPC (grpcstack server + client)"
+OCR_METHOD = "/ocr.v1.OCRService/ExtractText"
 SEED = {  # seed 001 "expected improvement" table: HTTP, gRPC
     "mean": (150, 90),
     "p95": (250, 140),
@@ -91,6 +98,7 @@ def _variant(engine: str, requests: int, opts: Options, root: Path, images: list
         ],
         start_timeout=120,
     )
+    http_port, metrics_port = free_port(), free_port()
     grpc = ServerProcess(
         GRPC,
         GRPC_SERVER,
@@ -103,28 +111,42 @@ def _variant(engine: str, requests: int, opts: Options, root: Path, images: list
             "GRPC_ENABLE_AUTH": "false",  # the seed's worker-to-ML call carries no user
             "GRPC_CACHE_L3_ENABLED": "false",
             "DUCKDB_PATH": ":memory:",
+            "GRPC_HTTP_PORT": str(http_port),  # the stack's own HTTP/JSON mode
+            "GRPC_HTTP_HOST": "127.0.0.1",
+            "GRPC_METRICS_PORT": str(metrics_port),
         },
         start_timeout=120,
     )
-    # the FastAPI server answers both HTTP callers: the seed's and a pooled one
-    columns = [(HTTP, http, HTTP_CALLER), (POOLED, http, POOLED_CALLER), (GRPC, grpc, GRPC_CALLER)]
-    rows: dict[str, list[dict[str, Any]]] = {HTTP: [], POOLED: [], GRPC: []}
+    # (name, server, caller, port, protocol label in the stack's metrics or None for FastAPI)
+    columns: list[tuple[str, ServerProcess, str, int, str | None]] = []
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in COLUMNS}
     try:
         for s in (http, grpc):
             s.start()
-        for name, s, caller in columns:
-            warm = _load(caller, s.port, min(len(images), requests), 1, env)  # models loaded
+        columns = [
+            (HTTP, http, HTTP_CALLER, http.port, None),
+            (POOLED, http, POOLED_CALLER, http.port, None),
+            (CONNECT, grpc, CONNECT_CALLER, http_port, "connect"),
+            (GRPC, grpc, GRPC_CALLER, grpc.port, "grpc"),
+        ]
+        for name, _server, caller, port, _ in columns:
+            warm = _load(caller, port, min(len(images), requests), 1, env)  # models loaded
             if warm["statuses"].get("OK") != min(len(images), requests):
                 raise RuntimeError(f"{name}: warm-up calls failed: {warm['statuses']}")
         for _ in range(opts.rounds):
-            for name, s, caller in columns:
-                cpu0 = s.cpu_seconds()
-                r = _load(caller, s.port, requests, opts.concurrency, env)
-                cpu = s.cpu_seconds() - cpu0
+            for name, server, caller, port, protocol in columns:
+                before = ok_calls(metrics_port, OCR_METHOD, protocol) if protocol else 0.0
+                cpu0 = server.cpu_seconds()
+                r = _load(caller, port, requests, opts.concurrency, env)
+                cpu = server.cpu_seconds() - cpu0
                 lat = r["latencies_ms"]
                 ok = r["statuses"].get("OK", 0)
                 if ok != requests:
                     raise RuntimeError(f"{name}: {r['statuses']} of {requests} calls")
+                if protocol is not None:  # the server counted them OK too, on that protocol
+                    served = ok_calls_settled(metrics_port, OCR_METHOD, before + requests, protocol)
+                    if served - before != requests:
+                        raise RuntimeError(f"{name}: the server counted {served - before} OK")
                 rows[name].append(
                     {
                         "mean": sum(lat) / len(lat),
@@ -143,6 +165,9 @@ def _variant(engine: str, requests: int, opts: Options, root: Path, images: list
     return _table(engine, requests, opts, rows)
 
 
+COLUMNS = [HTTP, POOLED, CONNECT, GRPC]
+
+
 def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="grpcstack-seed001-"))
     images = _images(root)
@@ -156,7 +181,7 @@ def run(opts: Options) -> tuple[list[Table], dict[str, Any]]:
 def _table(
     engine: str, requests: int, opts: Options, rows: dict[str, list[dict[str, Any]]]
 ) -> Table:
-    cols = [HTTP, POOLED, GRPC]
+    cols = COLUMNS
     what = "RapidOCR (real engine)" if engine == "rapidocr" else "canned 50-word result"
     t = Table(f"Seed 001: the worker's OCR call, HTTP/JSON vs gRPC, {what}", cols)
 
@@ -164,7 +189,7 @@ def _table(
         return median([r[key] for r in rows[col]])
 
     def seed(key: str) -> dict[str, float | None]:
-        return {HTTP: SEED[key][0], POOLED: SEED[key][0], GRPC: SEED[key][1]}
+        return {HTTP: SEED[key][0], POOLED: SEED[key][0], CONNECT: SEED[key][0], GRPC: SEED[key][1]}
 
     show_seed = engine == "rapidocr"  # the seed's table is the real engine's
     t.add(
@@ -203,6 +228,14 @@ def _table(
         for key, what in (("mean", "mean latency"), ("kb", "payload"), ("cpu_ms", "CPU per call")):
             ratio = med(GRPC, key) / med(base, key)
             t.target(f"gRPC / {label} {what}", ratio, "< 1", ratio < 1)
+    for key, what, better in (
+        ("mean", "mean latency", "<="),
+        ("rps", "throughput", ">="),
+        ("cpu_ms", "CPU per call", "<="),
+    ):
+        ratio = med(CONNECT, key) / med(POOLED, key)
+        met = ratio <= 1 if better == "<=" else ratio >= 1
+        t.target(f"stack's HTTP/JSON / FastAPI (pooled) {what}", ratio, f"{better} 1", met)
     t.notes += [
         f"{opts.rounds} interleaved rounds of {requests} calls, {opts.concurrency} in flight, "
         "4 images cycled; medians. Servers on core 0, callers (separate processes) on core 1.",
@@ -211,8 +244,11 @@ def _table(
         "bodies only (JSON bytes; protobuf bytes + 5-byte gRPC prefix), headers excluded.",
         "grpcstack: default chain but auth (the seed's worker call carries no user), "
         "response cache off (GRPC_CACHE_ENABLED=false) so the "
-        "engine runs on every call, as on HTTP. The stack's own HTTP/JSON mode (its own issue) is "
-        "not in this branch yet: no column for it.",
+        "engine runs on every call, as on HTTP.",
+        "grpcstack's Connect mode: the same grpcstack process, its HTTP listener (Hypercorn, "
+        "HTTP/1.1), the pooled httpx client posting the request's proto3 JSON to "
+        "/ocr.v1.OCRService/ExtractText; same chain, same handler as the gRPC column. Its "
+        "targets compare it with the FastAPI server it replaces, called by the same client.",
     ]
     if not show_seed:
         t.notes.append("The seed's numbers are for its real engine: see the RapidOCR table.")

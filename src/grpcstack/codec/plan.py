@@ -8,8 +8,9 @@ betterproto2's own field metadata (``cls._betterproto``): 20-30x faster, same by
 Semantics follow betterproto2 exactly: fields in declaration order, None and default values
 skipped (optional/oneof members written whenever they are set), packed repeated scalars, map
 entries written with key and value, unknown fields kept and re-emitted, oneof "last one wins".
-Singular well-known types (Timestamp, Duration, wrappers) go through betterproto2's own
-conversion. Repeated or map values of such types raise ``Unsupported``: the codec then uses
+Singular well-known types (Timestamp, wrappers) go through betterproto2's own
+conversion; Duration, single or repeated, through ``wkt`` (betterproto2 gets negative fractions
+wrong). Other repeated, and map, values of such types raise ``Unsupported``: the codec then uses
 betterproto2 for that class.
 
 Decoding is defensive: truncated varints, lengths past the end, invalid wire types, field
@@ -44,6 +45,8 @@ from betterproto2 import (
     TYPE_UINT32,
     TYPE_UINT64,
 )
+
+from .wkt import duration_bytes, duration_timedelta, is_duration
 
 MAX_DEPTH = 100  # upb's default recursion limit
 
@@ -231,6 +234,18 @@ class _Compiler:
             pt = fm.proto_type
             lines.append(f"    v = m.{fname}")
             if fm.unwrap is not None:
+                if pt == TYPE_MESSAGE and is_duration(fm.unwrap()):
+                    # ours, single or repeated: betterproto2 mis-splits negative ones
+                    dur = self.const(duration_bytes, "dur")
+                    key = self.const(_key(fm.number, 2), "k")
+                    lines += ["    for x in v:" if fm.repeated else "    if v is not None:"]
+                    lines += [
+                        f"        _s = {dur}({'x' if fm.repeated else 'v'})",
+                        f"        out += {key}",
+                        "        out += _SMALL[len(_s)]",
+                        "        out += _s",
+                    ]
+                    continue
                 if fm.repeated or pt != TYPE_MESSAGE:
                     raise Unsupported(f"{cls.__name__}.{fname}: repeated well-known type")
                 single = self.const(betterproto2._serialize_single, "single")
@@ -435,17 +450,24 @@ class _Compiler:
             first = False
             field_cls = meta.cls_by_field.get(fname)
             if fm.unwrap is not None:
-                if fm.repeated or pt != TYPE_MESSAGE:
+                duration = pt == TYPE_MESSAGE and is_duration(fm.unwrap())
+                if (fm.repeated and not duration) or pt != TYPE_MESSAGE:
                     raise Unsupported(f"{cls.__name__}.{fname}: repeated well-known type")
-                unwrap = self.const(fm.unwrap, "unwrap")
-                init.append(f"    {var} = None")
+                parsed = f"{self.const(fm.unwrap, 'unwrap')}().parse(bytes(buf[pos:_end]))"
+                if duration:  # protobuf's rounding, not betterproto2's
+                    value = f"{self.const(duration_timedelta, 'td')}({parsed})"
+                else:
+                    value = f"{parsed}.to_wrapped()"
+                init.append(f"    {var} = []" if fm.repeated else f"    {var} = None")
                 body += [
                     f"        {branch} _t == {(fm.number << 3) | 2}:",
                     "            _n, pos = _rv(buf, pos)",
                     "            _end = pos + _n",
                     "            if _end > end:",
                     "                raise _DecodeError('length past the end')",
-                    f"            {var} = {unwrap}().parse(bytes(buf[pos:_end])).to_wrapped()",
+                    f"            {var}.append({value})"
+                    if fm.repeated
+                    else f"            {var} = {value}",
                     "            pos = _end",
                 ]
                 if fm.group:

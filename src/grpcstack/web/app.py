@@ -48,6 +48,7 @@ log = logging.getLogger("grpcstack.web")
 
 Scope = dict[str, Any]
 DISCARD_SECONDS = 1.0  # how long an unread request body is drained after the answer
+DISCARD_OVER_LIMIT = 1 << 20  # how far past the message limit a body is still drained
 
 
 class WebApp:
@@ -290,8 +291,11 @@ class WebApp:
         )
         stream.user_agent = headers.get("user-agent")
         length = headers.get("content-length", "")
-        if not (length.isdigit() and int(length) > self.max_receive_length):
-            # (an announced oversized body is not worth reading: that connection just closes)
+        if not (length.isdigit() and int(length) > self.max_receive_length + DISCARD_OVER_LIMIT):
+            # a body a little over the limit is read and dropped (never buffered) before the
+            # answer: an HTTP/1.1 client still uploading it (Go's, in buf curl) would otherwise
+            # see the connection close under it and report a broken pipe instead of the error.
+            # A far larger one is not worth reading: that connection just closes.
             stream.finish_request = lambda: self._discard(reader)
         task = asyncio.ensure_future(
             run_call(
@@ -317,11 +321,12 @@ class WebApp:
             watcher.cancel()
 
     async def _discard(self, reader: BodyReader) -> None:
-        """Answered before the body was read (e.g. refused by Auth): take the rest of it first."""
+        """Answered before the body was read (e.g. refused by Auth, or too large): take the
+        rest of it first."""
         if not reader.done.is_set():
             with contextlib.suppress(ClientGone, GRPCError, TimeoutError):
                 async with asyncio.timeout(DISCARD_SECONDS):
-                    await reader.discard(self.max_receive_length)
+                    await reader.discard(self.max_receive_length + DISCARD_OVER_LIMIT)
 
     # --- CORS -------------------------------------------------------------------------
 

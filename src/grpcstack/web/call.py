@@ -165,7 +165,15 @@ class WebStream:
             raise GRPCError(Status.INTERNAL, "Unary response was already sent")
         (message,) = await self._dispatch.send_message(message)
         reply_type = self._handler.reply_type
-        data = self._codec.encode(message, reply_type)  # PreEncoded (cache hits) pass through
+        # JSON of a handler's own message: printed directly (jsonprint); else via wire bytes.
+        # The send limit applies to the body as sent (JSON text or protobuf bytes).
+        # (only for the declared type: the codec's encode reports any other as INTERNAL)
+        direct = self._json and type(message) is reply_type
+        data = self._mapper.direct_json(message) if direct else None
+        if data is None:
+            data = self._codec.encode(message, reply_type)  # PreEncoded (cache hits) pass
+            if self._json:
+                data = self._mapper.wire_to_json(data, reply_type)
         if len(data) > self.max_send_length:
             log.error(
                 "%s: response of %d bytes is over the max message length %d",
@@ -177,8 +185,6 @@ class WebStream:
                 Status.RESOURCE_EXHAUSTED,
                 f"Sent message larger than max ({len(data)} vs. {self.max_send_length})",
             )
-        if self._json:
-            data = self._mapper.wire_to_json(data, reply_type)
         await self._responder.message(data)
         self.messages_sent += 1
         counter = self.call.msg_sent

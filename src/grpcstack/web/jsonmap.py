@@ -16,11 +16,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import betterproto2
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal.type_checkers import ToShortestFloat
 from google.protobuf.message import DecodeError as UpbDecodeError
 from google.protobuf.message import Message as ProtobufMessage
+
+from .jsonprint import printer_for
 
 
 class JsonError(ValueError):
@@ -77,6 +80,14 @@ class JsonMapper:
         except _Unsupported:
             body = json_format.MessageToDict(message, preserving_proto_field_name=False)
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def direct_json(self, message: Any) -> bytes | None:
+        """JSON of a betterproto2 message printed straight from it (jsonprint), or None when
+        its class is not compiled there (or it is not a betterproto2 message): use the wire."""
+        if not isinstance(message, betterproto2.Message):
+            return None
+        printer = printer_for(type(message))
+        return None if printer is None else printer(message).encode()
 
     def details_to_debug(self, detail: Any) -> Any:
         return json_format.MessageToDict(detail)
