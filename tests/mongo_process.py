@@ -81,7 +81,22 @@ class MongoProcess:
         """SIGSTOP: the port stays open but nothing answers (a hung server, not a dead one)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        # kill() returns before the target has stopped: a query sent in between is still answered
+        self._wait_state(stopped=True)
 
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+        self._wait_state(stopped=False)
+
+    def _wait_state(self, *, stopped: bool, within: float = 10.0) -> None:
+        """Until /proc says the process is (not) stopped (state T), bounded."""
+        assert self.proc is not None
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            if (state == "T") == stopped:
+                return
+            time.sleep(0.005)
+        raise TimeoutError(f"secantusd did not {'stop' if stopped else 'continue'} in {within} s")
