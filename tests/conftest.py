@@ -40,6 +40,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             UNPROVISIONED[name] = f"{type(exc).__name__}: {exc}"
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The order's seed also under `-q` (which hides pytest-randomly's header): a failure that
+    depends on the order replays with it."""
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"random order: --randomly-seed={seed} replays it")
+
+
 def unprovisioned(name: str) -> str:
     """The failure message of a test whose tool is missing although it could be installed."""
     why = UNPROVISIONED.get(name, "not provisioned")
