@@ -33,7 +33,10 @@ INTEROP_PORT ?= 10000
 interop-server: $(STAMP)
 	$(BIN)/grpcstack serve platform_services.interop:InteropServer --port $(INTEROP_PORT)
 
+# tests/provision.py first: the other Pythons' venvs, Node's packages and the wheelhouse some tests use,
+# cached outside the tree, each install with its own bound (never under a test's timeout)
 test: $(STAMP)
+	$(BIN)/python tests/provision.py
 	$(BIN)/python -m pytest -q
 
 # EchoRequest(message="hello"), hex-encoded

@@ -13,6 +13,46 @@ from grpcstack.testing import serve as running  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import provision  # noqa: E402 - tests/ is on the path from here
+
+#: tools that could not be provisioned, and why (their tests fail with the reason)
+UNPROVISIONED: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "tools(*names): installed by tests/provision.py (provision.TOOLS) before the first test",
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Provision the tools the collected tests are marked to need: after collection, before the
+    first test, so a download never runs under a test's timeout (each install has its own bound).
+    `make test` has provisioned them already; then this only reads the markers."""
+    if session.config.option.collectonly:
+        return
+    wanted = {name for item in session.items for m in item.iter_markers("tools") for name in m.args}
+    for name in sorted(wanted):
+        try:
+            provision.TOOLS[name]()
+        except Exception as exc:  # reported by the tests that need the tool
+            UNPROVISIONED[name] = f"{type(exc).__name__}: {exc}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The order's seed also under `-q` (which hides pytest-randomly's header): a failure that
+    depends on the order replays with it."""
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"random order: --randomly-seed={seed} replays it")
+
+
+def unprovisioned(name: str) -> str:
+    """The failure message of a test whose tool is missing although it could be installed."""
+    why = UNPROVISIONED.get(name, "not provisioned")
+    return f"{name}: {why} (run `.venv/bin/python tests/provision.py`)"
+
 
 def settings(**overrides: Any) -> ServerSettings:
     """Test settings: loopback, any port, and auth off unless a test turns it on."""

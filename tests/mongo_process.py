@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -11,6 +13,22 @@ import time
 from pathlib import Path
 
 from redis_process import free_port
+
+
+def owns_listener(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on TCP ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{inode}]")
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+    return False
 
 
 class MongoProcess:
@@ -66,8 +84,12 @@ class MongoProcess:
             except OSError:
                 time.sleep(0.1)
                 continue
-            if proc.poll() is None:  # still alive: the port is its own, not a stranger's
+            # something answers: it must be ours. Being alive proves nothing (a server still
+            # starting up, about to fail its bind, is alive while a stranger holds the port:
+            # seen with another checkout's suite running on this machine)
+            if owns_listener(proc.pid, self.port):
                 return True
+            time.sleep(0.1)
         self.stop()
         return False
 

@@ -1,22 +1,30 @@
-"""Tools some tests need beyond the venv: virtualenvs for the other supported Pythons and Node's
-gRPC packages. Installed once into a cache OUTSIDE the repository (``GRPCSTACK_TEST_CACHE``, else
-``$XDG_CACHE_HOME/grpcstack-tests``, else ``~/.cache/grpcstack-tests``), never inside a test.
+"""Tools some tests need beyond the venv: virtualenvs for the other supported Pythons, Node's
+packages (grpc-js; Connect-ES and buf) and a wheelhouse for the user's venv in
+test_outside_project. Installed once into a cache OUTSIDE the repository (``GRPCSTACK_TEST_CACHE``,
+else ``$XDG_CACHE_HOME/grpcstack-tests``, else ``~/.cache/grpcstack-tests``), never inside a test.
 
-``.ci/run`` calls ``python tests/provision.py`` before ``make test``; without it, a session fixture
-calls the same functions once, with their own time bound, outside any test's timeout.
+``make test`` runs ``python tests/provision.py`` first; a bare ``pytest`` provisions what the
+collected tests are marked to need (``@pytest.mark.tools(...)``, see conftest.py) after collection,
+before the first test, outside every test's timeout. Tests only look the tools up
+(``install=False``): a tool that could not be provisioned fails its tests with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: the installs may download: bounded, and far above what a warm cache needs
 INSTALL_TIMEOUT = 600
 
+ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DEPS = [
     "grpclib==0.4.9",
     "betterproto2[grpclib,protobuf]==0.10.*",
@@ -25,8 +33,21 @@ RUNTIME_DEPS = [
     "googleapis-common-protos",
     "aiocache==0.12.*",
 ]
-NODE_PACKAGES = ["@grpc/grpc-js@1", "@grpc/proto-loader@0.7"]
+#: node prefixes in the cache and their packages (separate prefixes: a branch that knows only one
+#: set never reinstalls the other's)
+NODE_SETS = {
+    "node": ["@grpc/grpc-js@1", "@grpc/proto-loader@0.7"],
+    "node-connect": [
+        "@connectrpc/connect@2.3.0",
+        "@connectrpc/connect-web@2.3.0",
+        "@connectrpc/connect-node@2.3.0",
+        "@bufbuild/protobuf@2",
+        "@bufbuild/buf@1",
+    ],
+}
 PYTHONS = ["3.11", "3.12", "3.13"]
+#: what the user of test_outside_project installs next to the grpcstack wheel
+USER_EXTRAS = ["pytest", "pytest-asyncio"]
 
 
 def cache_dir() -> Path:
@@ -35,6 +56,39 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "grpcstack-tests"
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """One installer per cache entry at a time (other checkouts share the cache)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ready(marker: Path, wanted: str, install: Callable[[], None] | None, name: str) -> bool:
+    """Whether ``marker`` records ``wanted``; runs ``install`` (under the lock) when it does not."""
+    if marker.exists() and marker.read_text() == wanted:
+        return True
+    if install is None:
+        return False
+    with _locked(name):
+        if not (marker.exists() and marker.read_text() == wanted):
+            install()
+            marker.write_text(wanted)
+    return True
+
+
+def _run(argv: list[str], timeout: float = INSTALL_TIMEOUT) -> None:
+    """Run an installer; its output only when it fails (pip warns about this machine's indexes)."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-20:]
+        raise RuntimeError(f"{' '.join(argv[:4])} ... failed:\n" + "\n".join(tail))
 
 
 def find_python(version: str) -> str | None:
@@ -55,9 +109,9 @@ def find_python(version: str) -> str | None:
     return None
 
 
-def python_with_runtime(version: str) -> str | None:
+def python_with_runtime(version: str, install: bool = True) -> str | None:
     """A Python ``version`` with grpcstack's runtime deps (the running one as is); None when no
-    such interpreter is installed."""
+    such interpreter is installed (or, with ``install=False``, its venv is not provisioned)."""
     if version == f"{sys.version_info.major}.{sys.version_info.minor}":
         return sys.executable
     base = find_python(version)
@@ -65,49 +119,76 @@ def python_with_runtime(version: str) -> str | None:
         return None
     venv = cache_dir() / "venvs" / version
     python = venv / "bin" / "python"
-    marker = venv / ".ready"
+
+    def make() -> None:
+        _run([base, "-m", "venv", "--clear", str(venv)], timeout=120)
+        _run([str(python), "-m", "pip", "install", "-q", *RUNTIME_DEPS])
+
     wanted = "\n".join(RUNTIME_DEPS)
-    if not marker.exists() or marker.read_text() != wanted:
-        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *RUNTIME_DEPS],
-            check=True,
-            timeout=INSTALL_TIMEOUT,
-        )
-        marker.write_text(wanted)
-    return str(python)
+    ok = _ready(venv / ".ready", wanted, make if install else None, f"python{version}")
+    return str(python) if ok else None
 
 
-def node_modules() -> Path | None:
-    """The node_modules directory with Node's gRPC packages; None without node and npm."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
+def node_available() -> bool:
+    return shutil.which("node") is not None and shutil.which("npm") is not None
+
+
+def node_modules(name: str = "node", install: bool = True) -> Path | None:
+    """The node_modules directory with the packages of ``NODE_SETS[name]``; None without node and
+    npm (or, with ``install=False``, when they are not provisioned)."""
+    if not node_available():
         return None
-    prefix = cache_dir() / "node"
-    marker = prefix / ".ready"
-    if not (marker.exists() and marker.read_text() == " ".join(NODE_PACKAGES)):
+    packages = NODE_SETS[name]
+    prefix = cache_dir() / name
+
+    def npm_install() -> None:
         prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(prefix),
-                *NODE_PACKAGES,
-            ],
-            check=True,
-            timeout=INSTALL_TIMEOUT,
-        )
-        marker.write_text(" ".join(NODE_PACKAGES))
-    return prefix / "node_modules"
+        argv = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix)]
+        _run([*argv, *packages])
+
+    ok = _ready(prefix / ".ready", " ".join(packages), npm_install if install else None, name)
+    return prefix / "node_modules" if ok else None
+
+
+def user_requirements() -> list[str]:
+    """What a user's ``pip install 'grpcstack[codegen]' pytest pytest-asyncio`` pulls in: the
+    wheel's own requirements, read from pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["codegen"], *USER_EXTRAS]
+
+
+def wheelhouse(install: bool = True) -> Path | None:
+    """Wheels of everything the grpcstack wheel needs (with its codegen extra) and the user's
+    pytest, for this Python: test_outside_project's venv installs from here with ``--no-index``,
+    so that test resolves for real but never downloads."""
+    tag = f"{sys.version_info.major}.{sys.version_info.minor}"
+    house = cache_dir() / "wheelhouse" / tag
+    requirements = user_requirements()
+
+    def download() -> None:
+        house.mkdir(parents=True, exist_ok=True)
+        _run([sys.executable, "-m", "pip", "download", "-q", "-d", str(house), *requirements])
+
+    wanted = "\n".join(requirements)
+    ok = _ready(house / ".ready", wanted, download if install else None, f"wheelhouse{tag}")
+    return house if ok else None
+
+
+#: what ``@pytest.mark.tools(name)`` provisions (conftest.py), by name
+TOOLS: dict[str, Callable[[], object]] = {
+    "pythons": lambda: [python_with_runtime(version) for version in PYTHONS],
+    "node": lambda: node_modules("node"),
+    "node-connect": lambda: node_modules("node-connect"),
+    "wheelhouse": wheelhouse,
+}
 
 
 def main() -> None:
     for version in PYTHONS:
         print(f"python {version}: {python_with_runtime(version) or 'not installed, skipped'}")
-    print(f"node packages: {node_modules() or 'node/npm not installed, skipped'}")
+    for name in NODE_SETS:
+        print(f"{name} packages: {node_modules(name) or 'node/npm not installed, skipped'}")
+    print(f"wheelhouse: {wheelhouse()}")
 
 
 if __name__ == "__main__":

@@ -97,10 +97,18 @@ def platform(tmp_path: Path, redis_process: Any) -> Iterator[Any]:
         for inst in instances:
             found = await inst.wait_for(r"on port (\d+)")
             inst.port = int(found.group(1))
-        lb = HAProxy(tmp_path / "haproxy.log", [i.port for i in instances])
-        started.append(lb)
-        lb.warmup_calls = await wait_for_backends(lb, {i.proc.pid for i in instances})
-        return instances, lb
+        # HAProxy binds a port number: another process may take the probed one first, so retry
+        for attempt in range(5):
+            log = tmp_path / f"haproxy{attempt}.log"
+            lb = HAProxy(log, [i.port for i in instances])
+            started.append(lb)
+            try:
+                lb.warmup_calls = await wait_for_backends(lb, {i.proc.pid for i in instances})
+                return instances, lb
+            except AssertionError:
+                if lb.proc.poll() is None or b"Address already in use" not in log.read_bytes():
+                    raise
+        raise AssertionError("no free port for HAProxy in 5 tries")
 
     yield start
     for item in started:

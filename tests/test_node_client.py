@@ -14,7 +14,7 @@ from pathlib import Path
 import provision
 import pytest
 import pytest_asyncio
-from conftest import ROOT, running
+from conftest import ROOT, running, unprovisioned
 from server_metrics import delta, handled, in_flight
 from waiting import eventually
 
@@ -35,9 +35,11 @@ SERVER_COUNTS = {
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    modules = provision.node_modules()
-    if modules is None:
+    if not provision.node_available():
         pytest.skip("node and npm are not installed")
+    modules = provision.node_modules("node", install=False)
+    if modules is None:
+        pytest.fail(unprovisioned("node"))
     return modules
 
 
@@ -79,10 +81,9 @@ async def node_run(node_modules: Path) -> NodeRun:
         return NodeRun(json.loads(out), delta(handled(server, SERVICE), before))
 
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.tools("node")]
 
 
-@pytest.mark.timeout(provision.INSTALL_TIMEOUT + 120)  # the first use provisions
 async def test_grpc_js_interop_cases(node_run: NodeRun) -> None:
     failed = [case for case, ok in node_run.results.items() if ok is not True]
     assert not failed, node_run.results
@@ -91,7 +92,6 @@ async def test_grpc_js_interop_cases(node_run: NodeRun) -> None:
     assert others == {k: v for k, v in SERVER_COUNTS.items() if k[0] != "FullDuplexCall"}
 
 
-@pytest.mark.timeout(provision.INSTALL_TIMEOUT + 120)
 @pytest.mark.xfail(
     strict=False,
     reason="issue 12: grpc-js ends the call at its own 1 s deadline and the server counts that "

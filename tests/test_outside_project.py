@@ -21,9 +21,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import provision
 import pytest
 from cli_process import start_command
-from conftest import ROOT
+from conftest import ROOT, unprovisioned
 
 BIN = Path(sys.executable).parent
 SECTION = "## Your own project"
@@ -110,18 +111,24 @@ def test_wheel_holds_grpcstack_only(wheel: Path) -> None:
         assert not any(heavy.lower() in line.lower() for line in base), base
 
 
-@pytest.mark.timeout(1200)  # two pip installs into a fresh venv
+@pytest.mark.tools("wheelhouse")  # the wheel's requirements, downloaded by tests/provision.py
+@pytest.mark.timeout(600)  # builds the wheel, pip installs (from the wheelhouse) into a new venv
 async def test_user_project_outside_the_repository(
     wheel: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    house = provision.wheelhouse(install=False)
+    if house is None:
+        pytest.fail(unprovisioned("wheelhouse"))
     home = tmp_path_factory.mktemp("user")
     assert ROOT not in home.parents
     venv, project = home / "venv", home / "inventory-service"
     made = run([sys.executable, "-m", "venv", str(venv)], cwd=home, env=dict(os.environ))
     assert made.returncode == 0, made.stderr
     env = user_env(venv)
+    # pip resolves the wheel's requirements for real, from the provisioned wheels only
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
-    installed = run([*pip, str(wheel)], cwd=home, env=env, timeout=900)
+    pip += ["--no-index", "--find-links", str(house)]
+    installed = run([*pip, str(wheel)], cwd=home, env=env, timeout=300)
     assert installed.returncode == 0, installed.stderr
 
     for path, text in readme_files().items():
@@ -143,7 +150,7 @@ async def test_user_project_outside_the_repository(
         assert f"No module named '{module}'" in probe.stderr
 
     extras = run(
-        [*pip, f"{wheel}[codegen]", "pytest", "pytest-asyncio"], cwd=home, env=env, timeout=900
+        [*pip, f"{wheel}[codegen]", *provision.USER_EXTRAS], cwd=home, env=env, timeout=300
     )
     assert extras.returncode == 0, extras.stderr
     make = run(["make", "protos"], cwd=project, env=env)

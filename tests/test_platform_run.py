@@ -84,12 +84,13 @@ async def call_every_service(ch: Channel) -> None:
 
 
 async def test_the_cli_serves_every_service_on_embedded_defaults(tmp_path: Path) -> None:
-    # what `make run` does, in a fresh directory: nothing configured but the port and auth
+    # what `make run` does, in a fresh directory: nothing configured but the ports and auth (its
+    # Connect listener's default 8080 may be taken on a shared machine: any free port instead)
     text_image(tmp_path / "data" / "images" / "scan.png", ["HELLO PLATFORM"])
     proc, port = await start_cli(
         "platform_services.server:PlatformServer",
         cwd=str(tmp_path),
-        env={"GRPC_ENABLE_AUTH": "true"},
+        env={"GRPC_ENABLE_AUTH": "true", "GRPC_HTTP_PORT": "0"},
         startup_timeout=120,  # loads models and sample data, and starts secantusd
     )
     try:  # (start_cli keeps reading its stderr: a chatty server never blocks on a pipe)

@@ -150,7 +150,12 @@ async def test_two_processes_share_one_global_limit(redis_process: Any) -> None:
     finally:
         for proc, _ in procs:
             proc.terminate()
-            await asyncio.wait_for(proc.wait(), 15)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
 
 
 def no_retry_client(url: str, timeout: float) -> Redis:

@@ -10,6 +10,7 @@ import grpc
 import provision
 import pytest
 from cli_process import start_cli, stderr_of
+from conftest import unprovisioned
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -17,21 +18,14 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 
 
-@pytest.fixture(scope="session")
-def pythons() -> dict[str, str | None]:
-    """Every supported Python with the runtime deps, provisioned once per session (see
-    tests/provision.py: a cache outside the repository, installs with their own time bound)."""
-    return {version: provision.python_with_runtime(version) for version in provision.PYTHONS}
-
-
-@pytest.mark.timeout(2 * provision.INSTALL_TIMEOUT + 120)  # the first use provisions
+@pytest.mark.tools("pythons")  # venvs with the runtime deps: tests/provision.py
 @pytest.mark.parametrize("version", provision.PYTHONS)
-async def test_sigterm_with_idle_clients_exits_zero(
-    version: str, pythons: dict[str, str | None]
-) -> None:
-    python = pythons[version]
-    if python is None:
+async def test_sigterm_with_idle_clients_exits_zero(version: str) -> None:
+    if provision.find_python(version) is None:
         pytest.skip(f"python{version} is not installed")
+    python = provision.python_with_runtime(version, install=False)
+    if python is None:
+        pytest.fail(unprovisioned("pythons"))
     proc, port = await start_cli(
         "platform_services.echo:EchoServer", "--reload-free", python=python
     )

@@ -4,6 +4,7 @@ one trace; semantic-convention attributes, statuses, stream events, exemplars, s
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="tracing needs grpcstack[otel]")
 
 from calls import call, call_grpclib
-from conftest import ROOT, running, settings
+from conftest import ROOT, bound_socket, running, settings
 from grpclib.client import Channel
 from grpclib.const import Status
 from opentelemetry import propagate, trace
@@ -223,9 +224,19 @@ async def test_streams_record_one_event_per_message(
 async def test_latency_buckets_carry_the_trace_id_as_exemplar(
     provider: TracerProvider, spans: InMemorySpanExporter
 ) -> None:
-    metrics_port = free_port()
-    server = TracedServer(settings(GRPC_METRICS_PORT=metrics_port), EchoService(), provider)
-    async with running(server):
+    # the exporter binds a port number: another process may take the probed one first, so retry
+    for _ in range(5):
+        metrics_port = free_port()
+        server = TracedServer(settings(GRPC_METRICS_PORT=metrics_port), EchoService(), provider)
+        try:
+            await server.start(sock=bound_socket())
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    else:
+        raise AssertionError("no free port for the metrics exporter in 5 tries")
+    try:
         assert server.port is not None
         out = await call("grpclib", server.port, "Echo", EchoRequest(message="x"))
         assert out.status is Status.OK
@@ -233,6 +244,8 @@ async def test_latency_buckets_carry_the_trace_id_as_exemplar(
         accept = "application/openmetrics-text; version=1.0.0"
         om = await asyncio.to_thread(scrape, metrics_port, accept)
         text = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        await server.stop(1)
     (span,) = by_kind(spans.get_finished_spans(), SpanKind.SERVER)
     trace_id = format(span.context.trace_id, "032x")
     lines = [

@@ -3,54 +3,31 @@ gRPC-Web transport on fetch, @connectrpc/connect-node's Connect transport over H
 and ``buf curl`` (Connect, gRPC-Web, and gRPC on the gRPC port) with ``--schema protos``: unary,
 server streaming, and through the chain UNAUTHENTICATED, RESOURCE_EXHAUSTED with RetryInfo,
 INVALID_ARGUMENT (a bad JSON value named by field, from a client on an older schema), deadlines
-and oversized requests. The npm packages are installed once into .cache/node-connect (skipped
-without node/npm)."""
+and oversized requests. The npm packages come from tests/provision.py (a cache outside the
+repository; skipped without node/npm)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
+import provision
 import pytest
-from conftest import ROOT
+from conftest import ROOT, unprovisioned
 from web_helpers import handled, web_server
 
-NODE_DIR = ROOT / ".cache" / "node-connect"
-PACKAGES = [
-    "@connectrpc/connect@2.3.0",
-    "@connectrpc/connect-web@2.3.0",
-    "@connectrpc/connect-node@2.3.0",
-    "@bufbuild/protobuf@2",
-    "@bufbuild/buf@1",
-]
+pytestmark = pytest.mark.tools("node-connect")
 
 
 def node_modules() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
+    if not provision.node_available():
         pytest.skip("node and npm are not installed")
-    marker = NODE_DIR / ".ready"
-    if not (marker.exists() and marker.read_text() == " ".join(PACKAGES)):
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(NODE_DIR),
-                *PACKAGES,
-            ],
-            check=True,
-            timeout=600,
-        )
-        marker.write_text(" ".join(PACKAGES))
-    return NODE_DIR / "node_modules"
+    modules = provision.node_modules("node-connect", install=False)
+    if modules is None:
+        pytest.fail(unprovisioned("node-connect"))
+    return modules
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +52,18 @@ async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:  # outlived its bound: never leave it running
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
 
 async def test_connect_es_clients(descriptor_set: Path) -> None:
-    modules = await asyncio.to_thread(node_modules)
+    modules = node_modules()
     async with web_server(
         GRPC_RATE_LIMIT_MAX_REQUESTS=1000, GRPC_MAX_MESSAGE_LENGTH=4096
     ) as server:
@@ -123,7 +105,7 @@ async def test_connect_es_clients(descriptor_set: Path) -> None:
 
 
 async def test_connect_es_rate_limit_retry_info(descriptor_set: Path) -> None:
-    modules = await asyncio.to_thread(node_modules)
+    modules = node_modules()
     async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=1) as server:
         code, out, err = await run(
             "node",
@@ -146,8 +128,7 @@ async def test_connect_es_rate_limit_retry_info(descriptor_set: Path) -> None:
 
 def buf(modules: Path) -> str:
     path = modules / ".bin" / "buf"
-    if not path.exists():
-        pytest.skip("buf is not installed")
+    assert path.exists(), "@bufbuild/buf is provisioned with the other packages"
     return str(path)
 
 
@@ -155,7 +136,7 @@ def buf(modules: Path) -> str:
 async def test_buf_curl(protocol: str, tmp_path: Path) -> None:
     """Unary, server streaming and the error paths through the chain. (No deadline case: buf
     curl has no timeout option and refuses Connect-Timeout-Ms / Grpc-Timeout as headers.)"""
-    modules = await asyncio.to_thread(node_modules)
+    modules = node_modules()
     # alice's 6th call is over the limit; a 64 KiB message limit for the oversized one
     async with web_server(GRPC_RATE_LIMIT_MAX_REQUESTS=5, GRPC_MAX_MESSAGE_LENGTH=65536) as server:
         port = server.port if protocol == "grpc" else server.http_port
@@ -165,8 +146,8 @@ async def test_buf_curl(protocol: str, tmp_path: Path) -> None:
         alice = [*base, "-H", "user-id: alice"]
         env = {
             "PATH": "/usr/bin:/bin",
-            "HOME": str(NODE_DIR),
-            "BUF_CACHE_DIR": str(NODE_DIR / "buf-cache"),
+            "HOME": str(modules.parent),
+            "BUF_CACHE_DIR": str(modules.parent / "buf-cache"),
         }
         echo = f"http://127.0.0.1:{port}/echo.v1.EchoService/Echo"
         code, out, err = await run(

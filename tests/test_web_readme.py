@@ -10,11 +10,11 @@ import re
 import signal
 from pathlib import Path
 
-from cli_process import start_cli
-from conftest import ROOT
+import provision
+import pytest
+from cli_process import start_cli, stderr_of
+from conftest import ROOT, unprovisioned
 from test_readme import readme_example
-
-NODE_BIN = ROOT / ".cache" / "node-connect" / "node_modules" / ".bin"
 
 
 def readme_block() -> str:
@@ -30,7 +30,11 @@ def commands(block: str) -> list[str]:
     return [line.split("  #", 1)[0].strip() for line in joined.splitlines() if line.strip()]
 
 
+@pytest.mark.tools("node-connect")  # buf, from tests/provision.py
 async def test_readme_connect_block(tmp_path: Path) -> None:
+    modules = provision.node_modules("node-connect", install=False)
+    if modules is None and provision.node_available():
+        pytest.fail(unprovisioned("node-connect"))
     (tmp_path / "my_server.py").write_text(readme_example())
     proc, port = await start_cli(
         "my_server:EchoServer",
@@ -43,20 +47,16 @@ async def test_readme_connect_block(tmp_path: Path) -> None:
         },
     )
     try:
-        assert proc.stderr is not None
-        async with asyncio.timeout(30):
-            while not (
-                found := re.search(
-                    r"Connect and gRPC-Web on port (\d+)", (await proc.stderr.readline()).decode()
-                )
-            ):
-                pass
+        line = await stderr_of(proc).wait_for("Connect and gRPC-Web on port", timeout=30)
+        found = re.search(r"Connect and gRPC-Web on port (\d+)", line)
+        assert found, line
         http_port = found.group(1)
+        bin_dirs = [str(modules / ".bin")] if modules else []
         cmds = commands(readme_block())
         assert len(cmds) == 4
         for cmd in cmds:
-            if cmd.startswith("buf ") and not (NODE_BIN / "buf").exists():
-                continue  # installed by tests/test_web_node_clients.py when node is present
+            if cmd.startswith("buf ") and modules is None:
+                continue  # no node/npm on this machine: no buf; the other three still run
             cmd = cmd.replace("127.0.0.1:50061", f"127.0.0.1:{port}").replace(
                 "127.0.0.1:8080", f"127.0.0.1:{http_port}"
             )
@@ -65,11 +65,21 @@ async def test_readme_connect_block(tmp_path: Path) -> None:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=str(ROOT),
-                env=dict(os.environ, PATH=f"{NODE_BIN}:{os.environ['PATH']}"),
+                env=dict(os.environ, PATH=os.pathsep.join([*bin_dirs, os.environ["PATH"]])),
             )
-            out, err = await asyncio.wait_for(run.communicate(), 60)
+            try:
+                out, err = await asyncio.wait_for(run.communicate(), 60)
+            finally:
+                if run.returncode is None:
+                    run.kill()
+                    await run.wait()
             assert run.returncode == 0, (cmd, err.decode())
             assert b'"HI"' in out, (cmd, out)
     finally:
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

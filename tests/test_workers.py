@@ -39,17 +39,29 @@ def serve_proc(tmp_path: Path) -> Iterator[Any]:
         proc.close()
 
 
+async def two_workers_with_metrics(serve_proc: Any) -> tuple[ServeProcess, int, int]:
+    """A supervisor of 2 workers with its /metrics on a probed port; the port is a number (0 means
+    off), so another process may take it before the supervisor binds: retry on a new one."""
+    for _ in range(5):
+        metrics_port = free_port()
+        sup = serve_proc(
+            TARGET, "--port", "0", "--workers", "2", env={"GRPC_METRICS_PORT": str(metrics_port)}
+        )
+        try:
+            return sup, await sup.wait_ready(2), metrics_port
+        except AssertionError:  # it exited
+            if "address already in use" not in sup.text().lower():
+                raise
+    raise AssertionError("no free port for the metrics endpoint in 5 tries")
+
+
 def test_worker_count_zero_means_one_per_cpu() -> None:
     assert worker_count(3) == 3
     assert worker_count(0) >= 1
 
 
 async def test_workers_share_one_port_and_one_metrics_endpoint(serve_proc: Any) -> None:
-    metrics_port = free_port()
-    sup = serve_proc(
-        TARGET, "--port", "0", "--workers", "2", env={"GRPC_METRICS_PORT": str(metrics_port)}
-    )
-    port = await sup.wait_ready(2)
+    sup, port, metrics_port = await two_workers_with_metrics(serve_proc)
     workers = sup.worker_pids()
     assert len(workers) == 2
     seen = await spread(port, 2)
@@ -80,11 +92,7 @@ async def test_workers_share_one_port_and_one_metrics_endpoint(serve_proc: Any) 
 
 
 async def test_a_crashed_worker_is_restarted(serve_proc: Any) -> None:
-    metrics_port = free_port()
-    sup = serve_proc(
-        TARGET, "--port", "0", "--workers", "2", env={"GRPC_METRICS_PORT": str(metrics_port)}
-    )
-    port = await sup.wait_ready(2)
+    sup, port, metrics_port = await two_workers_with_metrics(serve_proc)
     before = sup.worker_pids()
     victim = await who(port)
     assert victim in before
@@ -104,11 +112,7 @@ async def test_a_crashed_worker_is_restarted(serve_proc: Any) -> None:
 
 
 async def test_sigterm_drains_every_worker_and_exits_0(serve_proc: Any) -> None:
-    metrics_port = free_port()
-    sup = serve_proc(
-        TARGET, "--port", "0", "--workers", "2", env={"GRPC_METRICS_PORT": str(metrics_port)}
-    )
-    port = await sup.wait_ready(2)
+    sup, port, metrics_port = await two_workers_with_metrics(serve_proc)
     workers = sup.worker_pids()
     n = 30
     slow = [
