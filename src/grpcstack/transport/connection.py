@@ -353,11 +353,13 @@ class StackProtocol(asyncio.Protocol):
             return
         stream = self.connection.create_stream(stream_id=sid)
         release = processor.register(stream)
-        self.handler.accept(stream, headers, self._releaser(release))
+        self.handler.accept(stream, headers, self._releaser(release, stream))
 
-    def _releaser(self, release: Any) -> Any:
+    def _releaser(self, release: Any, stream: Any) -> Any:
         def release_stream() -> None:
             release()
+            # the call's task is ending: forget it now (instead of grpclib's periodic sweep)
+            self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()
             if not self.processor.streams:
                 if self._drain_state == 2:
