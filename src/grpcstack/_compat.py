@@ -19,6 +19,7 @@ from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder
 from hpack.hpack import INDEX_NEVER
+from hpack.struct import NeverIndexedHeaderTuple
 
 GRPCLIB_VERSION = "0.4.9"
 #: the hyperframe whose ``Flags.__init__`` ``cache_frame_flag_names`` replaces
@@ -46,11 +47,53 @@ class StackEncoder(Encoder):
 class CappedDecoder(Decoder):
     """HPACK decoder with a fixed hard cap on a header list. h2 lowers the decoder's limit to the
     advertised SETTINGS_MAX_HEADER_LIST_SIZE once acked, which makes every oversized request a
-    connection error; we keep the cap above it and refuse oversized requests per stream."""
+    connection error; we keep the cap above it and refuse oversized requests per stream.
+
+    It also remembers the last few header blocks that left the dynamic table as it was (indexed
+    fields and literals without indexing): a client that repeats a block while the table stands
+    still (every call of a method without a deadline, from most clients) gets the same headers
+    without a second pure-Python decode (~10% of a busy server). Any change of the table, its
+    size or its allowed size forgets them all; blocks with a never-indexed field (credentials)
+    are never kept."""
+
+    CACHE_BLOCKS = 32
+    CACHE_BLOCK_BYTES = 1024
 
     def __init__(self, hard_cap: int) -> None:
         self._hard_cap = hard_cap
         super().__init__()
+        self._blocks: dict[tuple[bytes, bool], list[Any]] = {}
+        self._blocks_head: object = None
+        self._blocks_sizes: tuple[int, int, int] = (-1, -1, -1)
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if len(data) > self.CACHE_BLOCK_BYTES:
+            return super().decode(data, raw)
+        table = self.header_table
+        entries = table.dynamic_entries
+        # the newest entry by identity: each insertion makes a new tuple (held here, so its id is
+        # never reused); evictions come with an insertion or with a size change
+        head = entries[0] if entries else None
+        sizes = (table.maxsize, self.max_allowed_table_size, len(entries))
+        blocks = self._blocks
+        if head is not self._blocks_head or sizes != self._blocks_sizes:
+            blocks.clear()  # the table changed: a kept block may now mean other headers
+            self._blocks_head = head
+            self._blocks_sizes = sizes
+        key = (bytes(data), raw)
+        hit = blocks.get(key)
+        if hit is not None:
+            return list(hit)
+        headers = super().decode(data, raw)
+        entries = table.dynamic_entries
+        if (
+            (entries[0] if entries else None) is head
+            and (table.maxsize, self.max_allowed_table_size, len(entries)) == sizes
+            and len(blocks) < self.CACHE_BLOCKS
+            and not any(type(h) is NeverIndexedHeaderTuple for h in headers)
+        ):
+            blocks[key] = list(headers)
+        return headers
 
     @property  # type: ignore[override]
     def max_header_list_size(self) -> int:
