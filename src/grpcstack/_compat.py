@@ -104,6 +104,26 @@ class CappedDecoder(Decoder):
         pass  # h2 sets it from our own SETTINGS: the hard cap stays
 
 
+class ServerH2Connection(H2Connection):
+    """h2's connection with its open-stream count taken from the stream table's size.
+
+    h2 counts open streams by scanning every stream on each new inbound stream, and that scan is
+    also where it drops closed streams from its table. A server never opens streams, and its
+    inbound limit is lifted (``lift_inbound_stream_limit``: the transport refuses excess streams
+    itself), so the count only needs to be an upper bound: the table's size. The scan runs when
+    the table has doubled since the last one, so closed streams stay bounded (2x live + 32)."""
+
+    _scan_at = 0
+
+    def _open_streams(self, remainder: int) -> int:
+        streams = self.streams
+        if len(streams) < self._scan_at:
+            return len(streams)  # at least the open ones of this parity
+        count: int = super()._open_streams(remainder)
+        self._scan_at = 2 * len(self.streams) + 32
+        return count
+
+
 def lift_inbound_stream_limit(h2_conn: H2Connection) -> None:
     """h2 turns the stream after MAX_CONCURRENT_STREAMS into a connection error (every call on the
     connection lost). The advertised value stays; the transport refuses excess streams itself with

@@ -40,6 +40,7 @@ from hyperframe.frame import GoAwayFrame, PingFrame
 
 from .._compat import (
     CappedDecoder,
+    ServerH2Connection,
     StackEncoder,
     drop_buffered,
     lift_inbound_stream_limit,
@@ -187,7 +188,7 @@ class StackProtocol(asyncio.Protocol):
         config = self.server.grpclib_config
         policy = self.policy
 
-        h2_conn = H2Connection(config=self.server.stack_h2_config)
+        h2_conn = ServerH2Connection(config=self.server.stack_h2_config)
         h2_conn.encoder = StackEncoder()
         h2_conn.decoder = CappedDecoder(
             max(policy.max_header_list_size * _HARD_HEADER_CAP_FACTOR, 64 * 1024)
