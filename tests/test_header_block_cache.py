@@ -72,3 +72,26 @@ def test_a_kept_block_is_forgotten_when_the_table_changes() -> None:
     assert decoder._blocks
     decoder.decode(encoder.encode([(b"b", b"2")]), raw=True)  # inserted: index 62 is now b
     assert decoder.decode(indexed, raw=True) == [(b"b", b"2")]
+
+
+def test_encoder_writes_what_hpack_writes_through_inserts_evictions_and_resizes() -> None:
+    """StackEncoder reuses a field's encoding while the table stands still: byte for byte what
+    hpack's encoder writes (x-correlation-id aside: a never-indexed literal by design)."""
+    from grpcstack._compat import StackEncoder
+
+    rng = random.Random(18)
+    ours, theirs = StackEncoder(), Encoder()
+    decoder = Decoder()
+    kept = 0
+    for i, headers in enumerate(_lists(rng)):
+        if i % 97 == 0:
+            ours.header_table_size = theirs.header_table_size = rng.choice([256, 1024, 4096])
+        response = [(b":status", b"200"), (b"content-type", b"application/grpc"), *headers[3:]]
+        if i % 13 == 0:
+            response.append(NeverIndexedHeaderTuple(b"authorization", b"secret"))
+        huffman = i % 5 != 0
+        kept += sum((n, v, huffman) in ours._fields for n, v in response[:2])
+        block = ours.encode(response, huffman=huffman)
+        assert block == theirs.encode(response, huffman=huffman), i
+        assert decoder.decode(block, raw=True) == response
+    assert kept > 300  # the cache was actually used

@@ -46,12 +46,47 @@ class StackEncoder(Encoder):
     the dynamic table only evicts entries that do repeat."""
 
     UNIQUE = frozenset({b"x-correlation-id"})
+    CACHE_FIELDS = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        # a field's encoding while the dynamic table stands still (the constant response headers
+        # and trailers are indexed references after the first call): hpack searches the table
+        # and encodes every field of every response anew
+        self._fields: dict[tuple[bytes, bytes, bool], bytes] = {}
+        self._fields_head: object = None
+        self._fields_sizes: tuple[int, int] = (-1, -1)
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         name, value = to_add
         if name in self.UNIQUE:
             return self._encode_literal(name, value, INDEX_NEVER, False)  # type: ignore[no-any-return]
-        return super().add(to_add, sensitive, huffman)  # type: ignore[no-any-return]
+        if sensitive:
+            return super().add(to_add, sensitive, huffman)  # type: ignore[no-any-return]
+        table = self.header_table
+        entries = table.dynamic_entries
+        # the newest entry by identity (held here, so its id is never reused) and the sizes:
+        # any insertion, eviction or resize changes one of them
+        head = entries[0] if entries else None
+        sizes = (table.maxsize, len(entries))
+        fields = self._fields
+        if head is not self._fields_head or sizes != self._fields_sizes:
+            fields.clear()
+            self._fields_head = head
+            self._fields_sizes = sizes
+        key = (name, value, huffman)
+        encoded = fields.get(key)
+        if encoded is not None:
+            return encoded
+        encoded = super().add(to_add, sensitive, huffman)
+        entries = table.dynamic_entries
+        if (
+            (entries[0] if entries else None) is head
+            and (table.maxsize, len(entries)) == sizes
+            and len(fields) < self.CACHE_FIELDS
+        ):
+            fields[key] = encoded
+        return encoded  # type: ignore[no-any-return]
 
 
 class CappedDecoder(Decoder):
