@@ -76,7 +76,7 @@ class CoalescingTransport:
     frames they produce in their first step go out together.
     """
 
-    __slots__ = ("_buf", "_loop", "_scheduled", "_transport", "linger")
+    __slots__ = ("_buf", "_loop", "_peername", "_scheduled", "_transport", "linger")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -86,6 +86,13 @@ class CoalescingTransport:
         #: close with FIN and read on for a while: closing with unread input sends a TCP RST,
         #: and the peer may then never read the GOAWAY that says why
         self.linger = False
+        self._peername: Any = transport.get_extra_info("peername")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # the peer's address is read for every call (its context, the access log): once here
+        if name == "peername" and self._peername is not None:
+            return self._peername
+        return self._transport.get_extra_info(name, default)
 
     def write(self, data: bytes) -> None:
         if data:
