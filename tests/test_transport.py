@@ -13,6 +13,7 @@ import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
+import pytest
 from conftest import channel, running, settings
 from grpclib.const import Cardinality
 
@@ -28,6 +29,41 @@ def test_grpclib_version_is_the_pinned_one() -> None:
         "new request_handler, "
         "Handler, H2Protocol and Stream, then update GRPCLIB_VERSION and the pin"
     )
+
+
+def test_hyperframe_flags_cache_matches_hyperframe() -> None:
+    """The per-class cache of valid flag names (_compat.cache_frame_flag_names) replaces
+    hyperframe's Flags.__init__: pinned to the version it was written against, and equal to
+    what hyperframe computes for every frame class."""
+    import hyperframe
+    import hyperframe.flags
+    import hyperframe.frame
+
+    assert hyperframe.__version__ == _compat.HYPERFRAME_VERSION, (
+        "hyperframe changed: re-check _compat._cached_flags_init against the new Flags.__init__ "
+        "(attributes _valid_flags and _flags), then update HYPERFRAME_VERSION"
+    )
+    assert _compat.cache_frame_flag_names()
+    assert hyperframe.flags.Flags.__init__ is _compat._cached_flags_init
+    flags = hyperframe.flags.Flags([])
+    assert set(vars(flags)) == {"_valid_flags", "_flags"}
+    classes = [*hyperframe.frame.FRAMES.values(), hyperframe.frame.ExtensionFrame]
+    for cls in classes:
+        names = {flag.name for flag in cls.defined_flags}
+        for _ in range(2):  # built once, then from the cache
+            sid = 0 if cls.stream_association == "no-stream" else 1
+            frame = cls(0x20, sid) if cls is hyperframe.frame.ExtensionFrame else cls(sid)
+            assert frame.flags._valid_flags == names, cls
+            assert not frame.flags
+            for name in names:
+                frame.flags.add(name)
+            assert set(frame.flags) == names
+            with pytest.raises(ValueError):
+                frame.flags.add("NOT_A_FLAG")
+    headers = hyperframe.frame.HeadersFrame(1, b"x", flags=["END_STREAM", "END_HEADERS"])
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(headers.serialize()[:9])
+    parsed.parse_body(memoryview(headers.serialize()[9:]))
+    assert set(parsed.flags) == {"END_STREAM", "END_HEADERS"}
 
 
 def test_private_hooks_exist() -> None:

@@ -21,6 +21,7 @@ from .cache import GrpcCache
 from .codec import StackCodec
 from .connection_metrics import ConnectionMetrics
 from .definition import check_services, not_implemented
+from .gc_policy import freeze_startup_objects
 from .health import NOT_SERVING, SERVING, HealthService, ReadinessCheck
 from .middleware import (
     AccessLogMiddleware,
@@ -460,6 +461,10 @@ class AsyncBaseServer:
         try:
             await self.start()
             started = True
+            s = self.settings
+            if s.GRPC_GC_FREEZE:
+                frozen = freeze_startup_objects(s.GRPC_GC_YOUNG_THRESHOLD)
+                log.debug("froze %d start-up objects out of the GC", frozen)
             if stop_requested:
                 signalled.append(asyncio.ensure_future(self.stop()))
             await self.wait_for_termination()

@@ -90,6 +90,8 @@ class ServerSettings(BaseSettings):
     GRPC_SERVER_GRACE_PERIOD_SECONDS: NonNegativeFloat = 10.0
     GRPC_SERVER_MAX_WORKERS: int | None = None  # seed name; ignored: no thread pool on asyncio
     GRPC_UVLOOP: bool = True  # use uvloop when it is installed (`pip install grpcstack[uvloop]`)
+    GRPC_GC_FREEZE: bool = True  # serve(): freeze start-up objects out of the cyclic GC
+    GRPC_GC_YOUNG_THRESHOLD: NonNegativeInt = 0  # serve(): gen-0 GC threshold; 0 = Python's
     GRPC_CODEC: Literal["plan", "betterproto2"] = "plan"  # betterproto2: debugging escape hatch
     GRPC_COMPRESSION: Literal["none", "gzip"] = "none"  # compress responses of gzip-aware clients
 

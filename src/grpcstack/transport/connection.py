@@ -40,6 +40,7 @@ from hyperframe.frame import GoAwayFrame, PingFrame
 
 from .._compat import (
     CappedDecoder,
+    ServerH2Connection,
     StackEncoder,
     drop_buffered,
     lift_inbound_stream_limit,
@@ -75,7 +76,7 @@ class CoalescingTransport:
     frames they produce in their first step go out together.
     """
 
-    __slots__ = ("_buf", "_loop", "_scheduled", "_transport", "linger")
+    __slots__ = ("_buf", "_loop", "_peername", "_scheduled", "_transport", "linger")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -85,6 +86,13 @@ class CoalescingTransport:
         #: close with FIN and read on for a while: closing with unread input sends a TCP RST,
         #: and the peer may then never read the GOAWAY that says why
         self.linger = False
+        self._peername: Any = transport.get_extra_info("peername")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # the peer's address is read for every call (its context, the access log): once here
+        if name == "peername" and self._peername is not None:
+            return self._peername
+        return self._transport.get_extra_info(name, default)
 
     def write(self, data: bytes) -> None:
         if data:
@@ -187,7 +195,7 @@ class StackProtocol(asyncio.Protocol):
         config = self.server.grpclib_config
         policy = self.policy
 
-        h2_conn = H2Connection(config=self.server.stack_h2_config)
+        h2_conn = ServerH2Connection(config=self.server.stack_h2_config)
         h2_conn.encoder = StackEncoder()
         h2_conn.decoder = CappedDecoder(
             max(policy.max_header_list_size * _HARD_HEADER_CAP_FACTOR, 64 * 1024)
@@ -353,11 +361,13 @@ class StackProtocol(asyncio.Protocol):
             return
         stream = self.connection.create_stream(stream_id=sid)
         release = processor.register(stream)
-        self.handler.accept(stream, headers, self._releaser(release))
+        self.handler.accept(stream, headers, self._releaser(release, stream))
 
-    def _releaser(self, release: Any) -> Any:
+    def _releaser(self, release: Any, stream: Any) -> Any:
         def release_stream() -> None:
             release()
+            # the call's task is ending: forget it now (instead of grpclib's periodic sweep)
+            self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()
             if not self.processor.streams:
                 if self._drain_state == 2:

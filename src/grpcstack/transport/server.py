@@ -9,7 +9,7 @@ from typing import Any
 
 import h2.config
 
-from .._compat import ServerBase
+from .._compat import ServerBase, cache_frame_flag_names
 from ..context import CallContext
 from .connection import StackProtocol
 from .dispatch import StackHandler
@@ -31,6 +31,7 @@ class GrpcServer(ServerBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(handlers, **kwargs)
+        cache_frame_flag_names()
         self.policy = policy or ConnectionPolicy()
         self.observer: TransportObserver = observer or NullObserver()
         self.compress_by_default = compress_by_default

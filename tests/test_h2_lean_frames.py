@@ -1,0 +1,128 @@
+"""The server's lean HEADERS/DATA path writes exactly the bytes h2 writes, moves the same state
+machines and windows, and fails the same way (_compat.ServerH2Connection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2
+import h2.config
+import h2.connection
+import h2.exceptions
+import pytest
+
+from grpcstack import _compat
+from grpcstack._compat import ServerH2Connection
+
+
+def _config() -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_inbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+
+
+def _trio(streams: int) -> tuple[h2.connection.H2Connection, ServerH2Connection]:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for _ in range(streams):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(
+            sid, [(":method", "POST"), (":path", "/a"), (":scheme", "http"), (":authority", "x")]
+        )
+        client.send_data(sid, b"\x00\x00\x00\x00\x01x", end_stream=sid % 4 == 1)
+    wire = client.data_to_send()
+    plain = h2.connection.H2Connection(_config())
+    lean = ServerH2Connection(_config())
+    for conn in (plain, lean):
+        conn.initiate_connection()
+        conn.receive_data(wire)
+    return plain, lean
+
+
+def _same(plain: h2.connection.H2Connection, lean: ServerH2Connection) -> None:
+    assert lean.data_to_send() == plain.data_to_send()
+    assert lean.outbound_flow_control_window == plain.outbound_flow_control_window
+    # ServerH2Connection drops closed streams later than h2 (see test_h2_stream_table)
+    assert set(lean.streams) >= set(plain.streams)
+    assert all(lean.streams[sid].closed for sid in set(lean.streams) - set(plain.streams))
+    for sid, stream in plain.streams.items():
+        other = lean.streams[sid]
+        assert other.state_machine.state == stream.state_machine.state, sid
+        assert other.outbound_flow_control_window == stream.outbound_flow_control_window
+        assert other.state_machine.trailers_sent == stream.state_machine.trailers_sent
+        assert other.request_method == stream.request_method
+
+
+def _both(plain: Any, lean: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    errors = []
+    for conn in (plain, lean):
+        try:
+            getattr(conn, method)(*args, **kwargs)
+            errors.append(None)
+        except h2.exceptions.H2Error as exc:
+            errors.append((type(exc), str(exc)))
+    assert errors[0] == errors[1]
+
+
+def test_lean_path_is_on_for_the_pinned_h2() -> None:
+    assert h2.__version__ in _compat.LEAN_FRAMES_H2_VERSIONS, (
+        "h2 changed: re-check ServerH2Connection.send_headers / send_data against h2's "
+        "H2Connection and H2Stream send_headers / send_data, then update the versions"
+    )
+    assert _compat.LEAN_FRAMES
+    assert "send_headers" in vars(ServerH2Connection)
+
+
+def test_unary_answers_and_streams_write_what_h2_writes() -> None:
+    plain, lean = _trio(8)
+    _same(plain, lean)
+    ok = [(":status", "200"), ("content-type", "application/grpc")]
+    trailers = [("grpc-status", "0"), ("grpc-message", "")]
+    for sid in (1, 3, 5, 7, 9, 11, 13, 15):
+        _both(plain, lean, "send_headers", sid, ok)
+        _both(plain, lean, "send_data", sid, b"\x00\x00\x00\x00\x02ok")
+        _both(plain, lean, "send_data", sid, memoryview(b"\x00\x00\x00\x00\x01z"))
+        if sid % 3:
+            _both(plain, lean, "send_headers", sid, trailers, end_stream=True)
+        else:
+            _both(plain, lean, "send_data", sid, b"", end_stream=True)
+        _same(plain, lean)
+
+
+def test_edges_and_errors_match_h2() -> None:
+    plain, lean = _trio(6)
+    big = [(":status", "200"), ("x-big", "v" * 40_000)]  # HEADERS + CONTINUATION frames
+    _both(plain, lean, "send_headers", 1, big)
+    _same(plain, lean)
+    _both(plain, lean, "send_headers", 3, [(":status", "100")])  # informational
+    _both(plain, lean, "send_headers", 3, [(":status", "100")], end_stream=True)
+    _both(plain, lean, "send_headers", 3, [(":status", "200")])
+    _both(plain, lean, "send_headers", 3, [("grpc-status", "0")])  # trailers need END_STREAM
+    _same(plain, lean)
+    _both(plain, lean, "send_data", 5, b"x" * 20_000)  # over the max frame size
+    _both(plain, lean, "send_headers", 5, [(":status", "200")], end_stream=True)
+    _both(plain, lean, "send_data", 5, b"late")  # stream closed
+    _both(plain, lean, "send_headers", 5, [(":status", "200")])
+    _both(plain, lean, "send_headers", 99, [(":status", "200")])  # never opened
+    _both(plain, lean, "send_data", 7, b"x", pad_length=3)  # h2's own path
+    _same(plain, lean)
+    for conn in (plain, lean):  # exhaust the connection window: both refuse the same way
+        conn.outbound_flow_control_window = 3
+    _both(plain, lean, "send_data", 9, b"xxxx")
+    _both(plain, lean, "send_data", 9, b"xxx")
+    _same(plain, lean)
+
+
+def test_reset_stream_and_goaway_still_work() -> None:
+    plain, lean = _trio(2)
+    for conn in (plain, lean):
+        conn.reset_stream(1)
+    _both(plain, lean, "send_headers", 1, [(":status", "200")])
+    _same(plain, lean)
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        lean.send_data(1, b"x")
