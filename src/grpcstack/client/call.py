@@ -154,7 +154,7 @@ class ClientCall:
     def _on_deadline(self) -> None:
         self._expired = True
         if self._attempt is not None:
-            self._attempt.wrapper.cancel(TimeoutError("Deadline exceeded"))
+            self._attempt.cancel(TimeoutError("Deadline exceeded"))
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._done:

@@ -16,7 +16,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE, CodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
@@ -84,12 +83,11 @@ class MethodSpec:
         """The request headers every call of this method to ``endpoint`` starts with."""
         headers = self._headers.get(endpoint.target)
         if headers is None:
-            channel = endpoint.channel
             built = [
                 (":method", "POST"),
-                (":scheme", channel.scheme),
+                (":scheme", endpoint.scheme),
                 (":path", self.method),
-                (":authority", channel.authority),
+                (":authority", endpoint.authority),
                 ("te", "trailers"),
                 ("content-type", GRPC_CONTENT_TYPE),
                 ("user-agent", _USER_AGENT),
@@ -191,25 +189,20 @@ class Client:
             ssl_context = client_ssl_context(
                 s.GRPC_CLIENT_TLS_CA_FILE, s.GRPC_CLIENT_TLS_CERT_FILE, s.GRPC_CLIENT_TLS_KEY_FILE
             )
-        config = Configuration(
-            _keepalive_time=(
-                s.GRPC_CLIENT_KEEPALIVE_TIME_MS / 1000 if s.GRPC_CLIENT_KEEPALIVE_TIME_MS else None
-            ),
-            _keepalive_timeout=s.GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS / 1000,
-            http2_connection_window_size=s.GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE,
-            http2_stream_window_size=s.GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE,
-            ssl_target_name_override=s.GRPC_CLIENT_TLS_SERVER_NAME,
-        )
+        keepalive = s.GRPC_CLIENT_KEEPALIVE_TIME_MS
         return Pool(
             [
                 Endpoint(
                     target,
-                    codec=self.codec,
                     ssl_context=ssl_context,
-                    config=config,
+                    server_name=s.GRPC_CLIENT_TLS_SERVER_NAME,
                     connect_timeout=s.GRPC_CLIENT_CONNECT_TIMEOUT_SECONDS,
                     backoff_initial=s.GRPC_CLIENT_RECONNECT_INITIAL_SECONDS,
                     backoff_max=s.GRPC_CLIENT_RECONNECT_MAX_SECONDS,
+                    stream_window=s.GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE,
+                    connection_window=s.GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE,
+                    keepalive_time=keepalive / 1000 if keepalive else None,
+                    keepalive_timeout=s.GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS / 1000,
                 )
                 for target in self.targets
             ]
