@@ -27,7 +27,7 @@ from .retry import NO_RETRY, pushback
 if TYPE_CHECKING:
     from grpclib.metadata import _Metadata
 
-    from .client import Client, MethodSpec
+    from .spec import ClientLike, MethodSpec
 
 #: transparent retries of one call that do not count as attempts (A6 allows one)
 FREE_TRANSPARENT_RETRIES = 1
@@ -77,7 +77,7 @@ class ClientCall:
 
     def __init__(
         self,
-        client: Client,
+        client: ClientLike,
         spec: MethodSpec,
         info: ClientCallInfo,
         metadata_headers: list[tuple[str, str]],
