@@ -231,6 +231,8 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_timeout = keepalive_timeout
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
+        #: keepalive PINGs the server answered
+        self.pings_acked = 0
         self.goaway = False
         self.closed = False
         self.paused = False
@@ -378,6 +380,7 @@ class ClientConnection(asyncio.Protocol):
             self._wake(self.window_waiters)
         elif ftype == PING:
             if flags & ACK:
+                self.pings_acked += 1
                 if self._ping_deadline is not None:
                     self._ping_deadline.cancel()
                     self._ping_deadline = None
