@@ -3,22 +3,30 @@ it expects them: fails loudly on an upgrade that moves one."""
 
 from __future__ import annotations
 
-from hpack import Encoder
+from hpack import Decoder, Encoder
 
 from grpcstack._compat import CachedHeaderDecoder, ClientHeaderEncoder
 
 
-def test_hpack_encoder_internals() -> None:
+def test_request_prefix_cache_keeps_the_peers_table_in_step() -> None:
+    """Calls of two methods interleaved: the peer's decoder reads every request right (a block
+    that added table entries is never replayed), and a method's block, once fully indexed, is
+    reused as is."""
     encoder = ClientHeaderEncoder()
     assert encoder.header_table._current_size == 0
-    assert len(encoder.header_table.dynamic_entries) == 0
-    prefix = [(b":method", b"POST"), (b":path", b"/a.B/C")]
-    first = encoder.encode([*prefix, (b"grpc-timeout", b"1S")])
-    encoder.prefix_len = 2
-    cached = encoder.encode([*prefix, (b"grpc-timeout", b"2S")])
-    encoder.prefix_len = 2
-    again = encoder.encode([*prefix, (b"grpc-timeout", b"2S")])
-    assert cached == again and first != cached
+    peer = Decoder()
+    common = ((b":method", b"POST"), (b":authority", b"h:1"), (b"user-agent", b"ua"))
+    a = (*common[:1], (b":path", b"/a.A/X"), *common[1:])
+    b = (*common[:1], (b":path", b"/b.B/Y"), *common[1:])
+    blocks: dict[str, list[bytes]] = {"a": [], "b": []}
+    for name, prefix in [("a", a), ("a", a), ("a", a), ("b", b), ("a", a), ("b", b), ("b", b)]:
+        rest = [(b"grpc-timeout", b"1S")]
+        block = encoder.encode_request(prefix, rest)
+        blocks[name].append(block)
+        assert peer.decode(block) == [(k.decode(), v.decode()) for k, v in (*prefix, *rest)]
+    assert blocks["a"][1] == blocks["a"][2]  # indexed from the second call on
+    assert blocks["a"][0] != blocks["a"][1]
+    assert len(peer.header_table.dynamic_entries) == len(encoder.header_table.dynamic_entries)
 
 
 def test_cached_decoder_follows_the_dynamic_table() -> None:

@@ -209,46 +209,52 @@ class ClientHeaderEncoder(_HpackEncoder):
     """HPACK for request headers with the per-method prefix cached.
 
     A request's leading headers (:method ... grpc-accept-encoding) are the same for every call of
-    a method to a target: their encoding is reused while the dynamic table is unchanged, and the
-    per-call rest (grpc-timeout, metadata) is sent as literals that never enter the table, so the
-    table stops changing after the first call of each method (h2's pure-Python HPACK is about
-    half of the client's cost of sending a request).
+    a method to a target. Their block is cached once encoding it leaves the dynamic table
+    unchanged (from the second call on: all indexed), and reused while no other encode changes
+    the table; the per-call rest (grpc-timeout, metadata) is sent as literals that never enter
+    the table. A block that added entries is never replayed: the peer's table would grow while
+    ours did not, and later indices would point at the wrong entries.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        #: how many leading headers of the next ``encode`` are the cacheable prefix
-        self.prefix_len = 0
-        self._cache: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
         self._version = 0
-
-    def _table_state(self) -> tuple[int, int, object]:
+        #: id(prefix) -> (prefix, table version, block); the prefix is kept so the id stays valid
+        self._cache: dict[int, tuple[tuple[tuple[bytes, bytes], ...], int, bytes]] = {}
         table = self.header_table
-        entries = table.dynamic_entries
-        return (table._current_size, len(entries), entries[0] if entries else None)
+        table_add = table.add
 
-    def encode(self, headers: _Any, huffman: bool = True) -> bytes:
-        n, self.prefix_len = self.prefix_len, 0
-        before = self._table_state()
-        if not n or self.header_table.resized:
-            encoded = super().encode(headers, huffman)
-            if self._table_state() != before:
-                self._version += 1
-            return encoded  # type: ignore[no-any-return]
-        key = tuple(headers[:n])
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] == self._version:
-            block = cached[1]
+        def counting_add(name: bytes, value: bytes) -> _Any:
+            self._version += 1
+            return table_add(name, value)
+
+        table.add = counting_add  # type: ignore[method-assign]
+
+    def encode_request(
+        self, prefix: tuple[tuple[bytes, bytes], ...], rest: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The block for ``prefix`` (the same tuple object for every call of a method) followed
+        by ``rest`` as never-indexed or non-indexed literals."""
+        cached = self._cache.get(id(prefix))
+        if (
+            cached is not None
+            and cached[0] is prefix
+            and cached[1] == self._version
+            and not self.header_table.resized
+        ):
+            block = cached[2]
         else:
-            block = super().encode(key, huffman)
-            if self._table_state() != before:
-                self._version += 1
-            self._cache[key] = (self._version, block)
-        if len(headers) == n:
+            version = self._version
+            block = self.encode(prefix)
+            if self._version == version:  # all indexed: safe to send again
+                if len(self._cache) >= 256:
+                    self._cache.clear()
+                self._cache[id(prefix)] = (prefix, version, block)
+        if not rest:
             return block
         literal = self._encode_literal
         parts = [block]
-        for name, value in headers[n:]:
+        for name, value in rest:
             never = name == b"authorization" or name.endswith(b"-bin")
             parts.append(literal(name, value, _INDEX_NEVER if never else _INDEX_NONE, False))
         return b"".join(parts)

@@ -121,15 +121,16 @@ class Attempt:
     async def open(
         self,
         connection: ClientConnection,
-        headers: list[tuple[bytes, bytes]],
+        prefix: tuple[tuple[bytes, bytes], ...],
+        rest: list[tuple[bytes, bytes]],
         data: bytes | None,
         end: bool,
-        prefix_len: int = 0,
     ) -> None:
+        """Open the stream: the method's fixed headers, the call's own, the first message."""
         stream = self.stream = connection.new_stream()
         if self.error is not None:
             raise self.error
-        await connection.open(stream, headers, prefix_len, data, end)
+        await connection.open(stream, prefix, rest, data, end)
 
     async def send(self, data: bytes, end: bool) -> None:
         assert self.stream is not None
@@ -267,15 +268,15 @@ class Attempt:
     async def unary(
         self,
         connection: ClientConnection,
-        headers: list[tuple[bytes, bytes]],
+        prefix: tuple[tuple[bytes, bytes], ...],
+        rest: list[tuple[bytes, bytes]],
         data: bytes,
-        prefix_len: int,
     ) -> Any:
         """The whole of a unary-unary attempt: one request, one response, the trailers."""
         stream = self.stream = connection.new_stream()
         if self.error is not None:
             raise self.error
-        await connection.open(stream, headers, prefix_len, data, True)
+        await connection.open(stream, prefix, rest, data, True)
         if stream.headers is None:
             await stream.recv_headers()
         self._check_headers(stream.headers)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ class Endpoint:
         "connect_timeout",
         "connection",
         "connection_window",
+        "draining",
         "failures",
         "host",
         "keepalive_time",
@@ -86,6 +87,8 @@ class Endpoint:
         self.keepalive_time = keepalive_time
         self.keepalive_timeout = keepalive_timeout
         self.connection: ClientConnection | None = None
+        #: earlier connections that got a GOAWAY and still finish their calls
+        self.draining: set[ClientConnection] = set()
         self._connecting: asyncio.Future[ClientConnection] | None = None
         self.connect_timeout = connect_timeout
         self.backoff_initial = backoff_initial
@@ -108,7 +111,7 @@ class Endpoint:
         connection = self.ready()
         if connection is not None:
             return connection
-        if self._connecting is None:  # one connect at a time; the others wait for it
+        if self._connecting is None or self._connecting.done():  # one at a time; others wait
             self._connecting = asyncio.ensure_future(self._connect(within))
         connecting = self._connecting
         try:
@@ -146,6 +149,10 @@ class Endpoint:
             raise ConnectFailed(self.target, reason) from None
         self.failures = 0
         self.retry_at = 0.0
+        old = self.connection
+        if old is not None and not old.closed:
+            self.draining.add(old)
+            old.lost.add_done_callback(lambda _: self.draining.discard(old))
         self.connection = connection
         return connection
 
@@ -158,9 +165,11 @@ class Endpoint:
         )
 
     def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        for connection in [*self.draining, self.connection]:
+            if connection is not None:
+                connection.close()
+        self.draining.clear()
+        self.connection = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.target} failures={self.failures}>"

@@ -124,6 +124,8 @@ class Stream:
 
     async def recv_headers(self) -> list[tuple[str, str]]:
         while self.headers is None:
+            if self.error is not None:
+                raise self.error
             if self.recv_closed:
                 raise StreamError(Status.INTERNAL, "Stream ended without response headers")
             await self.wait()
@@ -150,6 +152,8 @@ class Stream:
     async def recv_trailers(self) -> list[tuple[str, str]] | None:
         while not self.recv_closed:
             await self.wait()
+        if self.trailers is None and self.error is not None:
+            raise self.error
         return self.trailers
 
     def accept(self, n: int) -> None:
@@ -163,6 +167,8 @@ class Stream:
 
     async def send_data(self, data: bytes, end: bool) -> None:
         conn = self.conn
+        if self.local_closed and self.error is None:
+            return  # the server ended the exchange (RST_STREAM after its trailers)
         while True:
             if self.error is not None:
                 raise self.error
@@ -388,7 +394,10 @@ class ClientConnection(asyncio.Protocol):
                 self.queue(frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             stream = self.streams.get(sid)
-            if stream is not None:
+            if stream is not None and stream.recv_closed:
+                stream.local_closed = True  # the response is complete: stop sending, no error
+                self.remove(stream)
+            elif stream is not None:
                 code = _U32.unpack(payload)[0]
                 status = _RST_STATUS.get(code, Status.INTERNAL)
                 stream.fail(
@@ -477,8 +486,8 @@ class ClientConnection(asyncio.Protocol):
     async def open(
         self,
         stream: Stream,
-        headers: list[tuple[bytes, bytes]],
-        prefix_len: int,
+        prefix: tuple[tuple[bytes, bytes], ...],
+        rest: list[tuple[bytes, bytes]],
         data: bytes | None,
         end: bool,
     ) -> None:
@@ -496,8 +505,7 @@ class ClientConnection(asyncio.Protocol):
         self.next_id += 2
         stream.send_window = self.peer_initial_window
         self.streams[sid] = stream
-        self.encoder.prefix_len = prefix_len
-        block = self.encoder.encode(headers)
+        block = self.encoder.encode_request(prefix, rest)
         max_frame = self.max_frame_out
         end_now = end and data is None
         flags = END_STREAM if end_now else 0
