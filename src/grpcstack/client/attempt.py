@@ -37,6 +37,21 @@ _H2_TO_GRPC = {
 }
 
 
+_STATUS_TEXT = {str(s.value): s for s in Status}
+
+
+class _LastValid:
+    """The last response headers (not trailers-only) and OK trailers that passed the checks. The
+    connection's HPACK decoder returns the very same list for a repeated block, so a response
+    whose headers are that list object needs no checking again."""
+
+    headers: tuple[object, str | None] = (None, None)
+    trailers: object = None
+
+
+_last_valid = _LastValid()
+
+
 class AttemptError(Exception):
     """How an attempt ended when not OK."""
 
@@ -152,10 +167,12 @@ class Attempt:
         raw = headers.get("grpc-status")
         if raw is None:
             return Status.UNKNOWN, "Missing grpc-status header", None
-        try:
-            status = Status(int(raw))
-        except ValueError:
-            return Status.UNKNOWN, f"Invalid grpc-status: {raw!r}", None
+        status = _STATUS_TEXT.get(raw)
+        if status is None:
+            try:
+                status = Status(int(raw))
+            except ValueError:
+                return Status.UNKNOWN, f"Invalid grpc-status: {raw!r}", None
         if status is Status.OK:
             return status, None, None
         message = headers.get("grpc-message")
@@ -179,6 +196,10 @@ class Attempt:
     def _check_headers(self, headers: list[tuple[str, str]]) -> None:
         self.headers = headers
         self.headers_done = True
+        last = _last_valid.headers
+        if headers is last[0]:  # the decoder's cached list: the same block as last time
+            self.encoding = last[1]
+            return
         headers_map = dict(headers)
         http_status = headers_map.get(":status")
         if http_status != "200":
@@ -188,7 +209,9 @@ class Attempt:
         if content_type is None or content_type.partition("+")[0] != GRPC_CONTENT_TYPE:
             raise AttemptError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
         self.encoding = headers_map.get("grpc-encoding")
-        if "grpc-status" in headers_map:  # trailers-only
+        if "grpc-status" not in headers_map:
+            _last_valid.headers = (headers, self.encoding)
+        else:  # trailers-only
             self.trailers_only = True
             status, message, details = self._status(headers_map)
             if status is not Status.OK:
@@ -259,9 +282,13 @@ class Attempt:
         if trailers is None:
             raise AttemptError(Status.UNKNOWN, "Stream ended without grpc-status trailers")
         self.trailers = trailers
+        if trailers is _last_valid.trailers:
+            return
         raw = dict(trailers)
         status, message, details = self._status(raw)
-        if status is not Status.OK:
+        if status is Status.OK:
+            _last_valid.trailers = trailers
+        else:
             metadata = decode_metadata(trailers)
             raise AttemptError(status, message, details=details, trailers=metadata, raw=raw)
 
