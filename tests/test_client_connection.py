@@ -92,3 +92,26 @@ async def test_keepalive_pings_are_answered_during_a_long_call() -> None:
         connection = client.pool.endpoints[0].connection
         assert connection is not None and connection.pings_acked >= 1
         assert connection.usable
+
+
+async def test_a_slow_reader_of_a_stream_still_gets_every_message() -> None:
+    """20 messages of 30 kB through a 64 KiB stream window while the reader pauses: what arrived
+    while nobody read is acked once the reader needs more, so the server is never left waiting
+    for window."""
+    small = {
+        "GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE": 65_536,
+        "GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE": 65_536,
+    }
+    text = "y" * 30_000
+    async with (
+        echo_server() as server,
+        Client(f"127.0.0.1:{server.port}", settings=client_settings(**small)) as client,
+    ):
+        stub = client.stub(EchoServiceStub)
+        seen = []
+        async for reply in stub.expand(EchoRequest(message=text, count=20), timeout=30):
+            seen.append(reply.index)
+            if reply.index in (0, 7):
+                await asyncio.sleep(0.2)  # the server fills the window meanwhile
+            assert reply.message == text
+        assert seen == list(range(20))

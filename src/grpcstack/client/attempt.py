@@ -18,7 +18,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import decode_bin_value, decode_grpc_message, decode_metadata
 
 from ..compression import GZIP, Corrupt, TooLarge, gzip_decompress
-from .connection import Stream, StreamError
+from .frames import StreamError
+from .stream import Stream
 
 if TYPE_CHECKING:
     from grpclib.metadata import _Metadata

@@ -15,196 +15,39 @@ MAX_CONCURRENT_STREAMS and write backpressure (waits), stream id exhaustion (as 
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections.abc import Callable
 from typing import Any
 
 from grpclib.const import Status
 
 from .._compat import CachedHeaderDecoder, ClientHeaderEncoder
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_HEAD = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, stream id
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
-_GOAWAY = struct.Struct(">LL")
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE = range(9)
-CONTINUATION = 9
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-DEFAULT_WINDOW = 65_535
-MAX_STREAM_ID = 2**31 - 1
-REFUSED_STREAM, CANCEL = 0x7, 0x8
-# RST_STREAM without grpc-status, mapped as gRPC's HTTP/2 spec says
-_RST_STATUS = {
-    0x7: Status.UNAVAILABLE,  # REFUSED_STREAM
-    0x8: Status.CANCELLED,
-    0xB: Status.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
-    0xC: Status.PERMISSION_DENIED,  # INADEQUATE_SECURITY
-}
-
-
-def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return _HEAD.pack(n >> 8, n & 0xFF, ftype, flags, stream_id) + payload
-
-
-class StreamError(Exception):
-    """A stream ended without a gRPC status: reset, refused or its connection lost."""
-
-    def __init__(self, status: Status, message: str, *, refused: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        #: the server never processed the stream (REFUSED_STREAM, over a GOAWAY's last id)
-        self.refused = refused
-
-
-class Stream:
-    """One request/response exchange. The reading side is one task (the call's)."""
-
-    __slots__ = (
-        "_waiter",
-        "buffer",
-        "conn",
-        "error",
-        "headers",
-        "held",
-        "id",
-        "local_closed",
-        "reading",
-        "recv_closed",
-        "send_window",
-        "to_ack",
-        "trailers",
-    )
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self.id = 0
-        self.headers: list[tuple[str, str]] | None = None
-        self.trailers: list[tuple[str, str]] | None = None
-        self.buffer = bytearray()
-        self.error: BaseException | None = None
-        self.local_closed = False
-        self.recv_closed = False
-        self.send_window = 0
-        self.held = 0  # received while nobody waited for it: acked once a read needs more
-        self.to_ack = 0
-        self.reading = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    # --- waiting --------------------------------------------------------------------------
-
-    async def wait(self) -> None:
-        """Until woken (data, headers, window, a slot, an error); raises the stream's error."""
-        if self.error is not None:
-            raise self.error
-        fut = self._waiter = self.conn.loop.create_future()
-        try:
-            await fut
-        finally:
-            self._waiter = None
-        if self.error is not None:
-            raise self.error
-
-    def wake(self) -> None:
-        fut = self._waiter
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self.wake()
-
-    # --- receiving ------------------------------------------------------------------------
-
-    async def recv_headers(self) -> list[tuple[str, str]]:
-        while self.headers is None:
-            if self.error is not None:
-                raise self.error
-            if self.recv_closed:
-                raise StreamError(Status.INTERNAL, "Stream ended without response headers")
-            await self.wait()
-        return self.headers
-
-    async def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes of the response body, or fewer at its end."""
-        buffer = self.buffer
-        while len(buffer) < n and not self.recv_closed:
-            if self.held:
-                self.accept(self.held)
-                self.held = 0
-            self.reading = True
-            try:
-                await self.wait()
-            finally:
-                self.reading = False
-        if self.error is not None and len(buffer) < n:
-            raise self.error
-        data = bytes(buffer[:n])
-        del buffer[:n]
-        return data
-
-    async def recv_trailers(self) -> list[tuple[str, str]] | None:
-        while not self.recv_closed:
-            await self.wait()
-        if self.trailers is None and self.error is not None:
-            raise self.error
-        return self.trailers
-
-    def accept(self, n: int) -> None:
-        """The reader takes ``n`` more received bytes: the peer may send that much again."""
-        self.to_ack += n
-        if self.to_ack >= self.conn.stream_window_half and not self.recv_closed:
-            self.conn.queue(frame(WINDOW_UPDATE, 0, self.id, _U32.pack(self.to_ack)))
-            self.to_ack = 0
-
-    # --- sending --------------------------------------------------------------------------
-
-    async def send_data(self, data: bytes, end: bool) -> None:
-        conn = self.conn
-        if self.local_closed and self.error is None:
-            return  # the server ended the exchange (RST_STREAM after its trailers)
-        while True:
-            if self.error is not None:
-                raise self.error
-            if conn.paused:
-                conn.write_waiters.append(self)
-                await self.wait()
-                continue
-            room = min(conn.send_window, self.send_window, conn.max_frame_out)
-            if room <= 0 and data:
-                conn.window_waiters.append(self)
-                await self.wait()
-                continue
-            chunk, data = data[:room], data[room:]
-            last = end and not data
-            conn.send_window -= len(chunk)
-            self.send_window -= len(chunk)
-            conn.write(frame(DATA, END_STREAM if last else 0, self.id, chunk))
-            if not data:
-                break
-        if end:
-            self.local_closed = True
-            if self.recv_closed:
-                conn.remove(self)
-
-    @property
-    def closable(self) -> bool:
-        return self.id != 0 and (not self.local_closed or not self.recv_closed)
-
-    def close(self) -> None:
-        """Reset the stream if it is still open, and forget it."""
-        conn = self.conn
-        if self.id in conn.streams and not conn.closed:
-            conn.queue(frame(RST_STREAM, 0, self.id, _U32.pack(CANCEL)))
-            conn.flush()
-        self.local_closed = self.recv_closed = True
-        conn.remove(self)
+from .frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    GOAWAY_BODY,
+    HEAD,
+    HEADERS,
+    MAX_STREAM_ID,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STATUS,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    StreamError,
+    frame,
+)
+from .stream import Stream
 
 
 class ClientConnection(asyncio.Protocol):
@@ -255,11 +98,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        settings = _SETTING.pack(0x2, 0) + _SETTING.pack(0x4, self.stream_window)  # no push
+        settings = SETTING.pack(0x2, 0) + SETTING.pack(0x4, self.stream_window)  # no push
         out = [PREFACE, frame(SETTINGS, 0, 0, settings)]
         if self.connection_window > DEFAULT_WINDOW:
             inc = self.connection_window - DEFAULT_WINDOW
-            out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(inc)))
+            out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(inc)))
         transport.write(b"".join(out))  # type: ignore[attr-defined]
         if self.keepalive_time:
             self._keepalive = self.loop.call_later(self.keepalive_time, self._ping)
@@ -285,7 +128,7 @@ class ClientConnection(asyncio.Protocol):
         buf = self._in + data if self._in else data
         size = len(buf)
         pos = 0
-        unpack = _HEAD.unpack_from
+        unpack = HEAD.unpack_from
         try:
             while size - pos >= 9:
                 hi, lo, ftype, flags, sid = unpack(buf, pos)
@@ -316,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
             payload = payload[1 : n - payload[0]]
         self.conn_to_ack += n
         if self.conn_to_ack >= self.connection_window // 2:
-            self.queue(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.conn_to_ack)))
+            self.queue(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.conn_to_ack)))
             self.conn_to_ack = 0
         stream = self.streams.get(sid)
         if stream is None or stream.recv_closed:
@@ -375,10 +218,10 @@ class ClientConnection(asyncio.Protocol):
         elif ftype == SETTINGS:
             if not flags & ACK:
                 for i in range(0, len(payload) - 5, 6):
-                    self._setting(*_SETTING.unpack_from(payload, i))
+                    self._setting(*SETTING.unpack_from(payload, i))
                 self.queue(frame(SETTINGS, ACK, 0))
         elif ftype == WINDOW_UPDATE:
-            inc = _U32.unpack(payload)[0] & MAX_STREAM_ID
+            inc = U32.unpack(payload)[0] & MAX_STREAM_ID
             if sid == 0:
                 self.send_window += inc
             elif (stream := self.streams.get(sid)) is not None:
@@ -398,8 +241,8 @@ class ClientConnection(asyncio.Protocol):
                 stream.local_closed = True  # the response is complete: stop sending, no error
                 self.remove(stream)
             elif stream is not None:
-                code = _U32.unpack(payload)[0]
-                status = _RST_STATUS.get(code, Status.INTERNAL)
+                code = U32.unpack(payload)[0]
+                status = RST_STATUS.get(code, Status.INTERNAL)
                 stream.fail(
                     StreamError(
                         status,
@@ -410,7 +253,7 @@ class ClientConnection(asyncio.Protocol):
                 stream.local_closed = stream.recv_closed = True
                 self.remove(stream)
         elif ftype == GOAWAY:
-            last, code = _GOAWAY.unpack_from(payload)
+            last, code = GOAWAY_BODY.unpack_from(payload)
             self._on_goaway(last & MAX_STREAM_ID, code)
         elif ftype == PUSH_PROMISE:
             raise ConnectionError("PUSH_PROMISE with push disabled")
@@ -558,9 +401,11 @@ class ClientConnection(asyncio.Protocol):
         self.streams.clear()
         for stream in streams:
             stream.fail(exc)
+        # a call still waiting for a stream slot never reached the server: retried transparently
+        unsent = StreamError(exc.status, exc.message, refused=True)
         for waiters in (self.slot_waiters, self.window_waiters, self.write_waiters):
             for stream in waiters:
-                stream.fail(exc)
+                stream.fail(unsent if stream.id == 0 else exc)
             waiters.clear()
 
     # --- keepalive, closing ---------------------------------------------------------------
@@ -587,6 +432,3 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.flush()
             self.transport.close()
-
-
-ConnectionFactory = Callable[[], ClientConnection]
