@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
 from grpclib.metadata import decode_bin_value, decode_grpc_message, decode_metadata
-from h2.exceptions import H2Error
 
-from .._compat import H2Stream, Wrapper, is_refused, open_stream, wait_for_stream_slot
 from ..compression import GZIP, Corrupt, TooLarge, gzip_decompress
+from .frames import StreamError
+from .stream import Stream
 
 if TYPE_CHECKING:
     from grpclib.metadata import _Metadata
 
-    from .._compat import ClientProtocol
+    from .connection import ClientConnection
 
 _PREFIX = struct.Struct(">?I")
 _H2_TO_GRPC = {
@@ -36,6 +36,21 @@ _H2_TO_GRPC = {
     "503": Status.UNAVAILABLE,
     "504": Status.UNAVAILABLE,
 }
+
+
+_STATUS_TEXT = {str(s.value): s for s in Status}
+
+
+class _LastValid:
+    """The last response headers (not trailers-only) and OK trailers that passed the checks. The
+    connection's HPACK decoder returns the very same list for a repeated block, so a response
+    whose headers are that list object needs no checking again."""
+
+    headers: tuple[object, str | None] = (None, None)
+    trailers: object = None
+
+
+_last_valid = _LastValid()
 
 
 class AttemptError(Exception):
@@ -74,15 +89,14 @@ class Attempt:
         "codec",
         "details_codec",
         "encoding",
+        "error",
         "headers",
         "headers_done",
         "max_receive",
-        "release",
         "reply_type",
         "stream",
         "trailers",
         "trailers_only",
-        "wrapper",
     )
 
     def __init__(self, codec: Any, details_codec: Any, reply_type: type, max_receive: int) -> None:
@@ -90,9 +104,9 @@ class Attempt:
         self.details_codec = details_codec
         self.reply_type = reply_type
         self.max_receive = max_receive
-        self.wrapper = Wrapper()
-        self.stream: H2Stream | None = None
-        self.release: Any = None
+        self.stream: Stream | None = None
+        #: set by ``cancel``: every later wait of this attempt raises it
+        self.error: BaseException | None = None
         self.headers_done = False
         self.trailers_only = False
         self.encoding: str | None = None
@@ -122,31 +136,31 @@ class Attempt:
 
     async def open(
         self,
-        protocol: ClientProtocol,
-        headers: list[tuple[bytes, bytes]],
+        connection: ClientConnection,
+        prefix: tuple[tuple[bytes, bytes], ...],
+        rest: list[tuple[bytes, bytes]],
         data: bytes | None,
         end: bool,
-        prefix_len: int = 0,
     ) -> None:
-        with self.wrapper:
-            while (
-                opened := open_stream(protocol, self.wrapper, headers, data, end, prefix_len)
-            ) is None:
-                await wait_for_stream_slot(protocol)
-            self.stream, self.release = opened
-            pending = getattr(self.stream, "_grpcstack_pending", None)
-            if pending is not None:  # the first message did not fit the windows
-                await self.stream.send_data(pending, end_stream=end)
+        """Open the stream: the method's fixed headers, the call's own, the first message."""
+        stream = self.stream = connection.new_stream()
+        if self.error is not None:
+            raise self.error
+        await connection.open(stream, prefix, rest, data, end)
 
     async def send(self, data: bytes, end: bool) -> None:
         assert self.stream is not None
-        with self.wrapper:
-            await self.stream.send_data(data, end_stream=end)
+        await self.stream.send_data(data, end)
 
     async def end(self) -> None:
         assert self.stream is not None
-        with self.wrapper:
-            await self.stream.end()
+        await self.stream.send_data(b"", True)
+
+    def cancel(self, exc: BaseException) -> None:
+        """Wake the call's task out of any wait on this attempt with ``exc`` (the deadline)."""
+        self.error = exc
+        if self.stream is not None:
+            self.stream.fail(exc)
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -154,10 +168,12 @@ class Attempt:
         raw = headers.get("grpc-status")
         if raw is None:
             return Status.UNKNOWN, "Missing grpc-status header", None
-        try:
-            status = Status(int(raw))
-        except ValueError:
-            return Status.UNKNOWN, f"Invalid grpc-status: {raw!r}", None
+        status = _STATUS_TEXT.get(raw)
+        if status is None:
+            try:
+                status = Status(int(raw))
+            except ValueError:
+                return Status.UNKNOWN, f"Invalid grpc-status: {raw!r}", None
         if status is Status.OK:
             return status, None, None
         message = headers.get("grpc-message")
@@ -176,13 +192,15 @@ class Attempt:
 
     async def recv_headers(self) -> None:
         assert self.stream is not None
-        with self.wrapper:
-            headers = await self.stream.recv_headers()
-        self._check_headers(headers)
+        self._check_headers(await self.stream.recv_headers())
 
     def _check_headers(self, headers: list[tuple[str, str]]) -> None:
         self.headers = headers
         self.headers_done = True
+        last = _last_valid.headers
+        if headers is last[0]:  # the decoder's cached list: the same block as last time
+            self.encoding = last[1]
+            return
         headers_map = dict(headers)
         http_status = headers_map.get(":status")
         if http_status != "200":
@@ -192,7 +210,9 @@ class Attempt:
         if content_type is None or content_type.partition("+")[0] != GRPC_CONTENT_TYPE:
             raise AttemptError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
         self.encoding = headers_map.get("grpc-encoding")
-        if "grpc-status" in headers_map:  # trailers-only
+        if "grpc-status" not in headers_map:
+            _last_valid.headers = (headers, self.encoding)
+        else:  # trailers-only
             self.trailers_only = True
             status, message, details = self._status(headers_map)
             if status is not Status.OK:
@@ -210,15 +230,27 @@ class Attempt:
             await self.recv_headers()
         if self.trailers_only:
             return None
-        with self.wrapper:
-            return await self._recv_message()
+        return await self._recv_message()
 
     async def _recv_message(self) -> Any:
-        # inside ``with self.wrapper`` (one enter per call on the unary path)
         stream = self.stream
         assert stream is not None
-        meta = await stream.recv_data(5)
-        if not meta:
+        buffer = stream.buffer
+        if len(buffer) >= 5:  # the usual case: the whole response arrived in one read
+            compressed, length = _PREFIX.unpack_from(buffer)
+            if len(buffer) >= 5 + length and length <= self.max_receive and not compressed:
+                data = bytes(buffer[5 : 5 + length])
+                del buffer[: 5 + length]
+                try:
+                    return self.codec.decode(data, self.reply_type)
+                except Exception as exc:
+                    raise AttemptError(
+                        Status.INTERNAL, f"Could not decode response: {exc}"
+                    ) from None
+        meta = await stream.read(5)
+        if len(meta) < 5:
+            if meta:
+                raise AttemptError(Status.INTERNAL, "Stream ended inside a message")
             await self._recv_trailers()
             return None
         compressed, length = _PREFIX.unpack(meta)
@@ -227,7 +259,9 @@ class Attempt:
                 Status.RESOURCE_EXHAUSTED,
                 f"Received message larger than max ({length} vs. {self.max_receive})",
             )
-        data = await stream.recv_data(length)
+        data = await stream.read(length)
+        if len(data) < length:
+            raise AttemptError(Status.INTERNAL, "Stream ended inside a message")
         if compressed:
             if self.encoding != GZIP:
                 raise AttemptError(Status.INTERNAL, "Compressed message without grpc-encoding")
@@ -245,42 +279,42 @@ class Attempt:
     async def _recv_trailers(self) -> None:
         stream = self.stream
         assert stream is not None
-        if stream.trailers is None and not stream.trailers_received.is_set():
-            # at the end of the data: trailers arrive before END_STREAM, so none will come
+        trailers = await stream.recv_trailers()
+        if trailers is None:
             raise AttemptError(Status.UNKNOWN, "Stream ended without grpc-status trailers")
-        trailers = self.trailers = await stream.recv_trailers()
+        self.trailers = trailers
+        if trailers is _last_valid.trailers:
+            return
         raw = dict(trailers)
         status, message, details = self._status(raw)
-        if status is not Status.OK:
+        if status is Status.OK:
+            _last_valid.trailers = trailers
+        else:
             metadata = decode_metadata(trailers)
             raise AttemptError(status, message, details=details, trailers=metadata, raw=raw)
 
     async def unary(
         self,
-        protocol: ClientProtocol,
-        headers: list[tuple[bytes, bytes]],
+        connection: ClientConnection,
+        prefix: tuple[tuple[bytes, bytes], ...],
+        rest: list[tuple[bytes, bytes]],
         data: bytes,
-        prefix_len: int,
     ) -> Any:
         """The whole of a unary-unary attempt: one request, one response, the trailers."""
-        with self.wrapper:
-            while (
-                opened := open_stream(protocol, self.wrapper, headers, data, True, prefix_len)
-            ) is None:
-                await wait_for_stream_slot(protocol)
-            stream = opened[0]
-            self.stream, self.release = opened
-            pending = getattr(stream, "_grpcstack_pending", None)
-            if pending is not None:
-                await stream.send_data(pending, end_stream=True)
-            self._check_headers(await stream.recv_headers())
-            if self.trailers_only:
-                raise AttemptError(Status.UNKNOWN, "No response message (trailers-only OK)")
-            reply = await self._recv_message()
-            if reply is None:
-                raise AttemptError(Status.UNKNOWN, "No response message")
-            if await self._recv_message() is not None:
-                raise AttemptError(Status.UNKNOWN, "More than one response message")
+        stream = self.stream = connection.new_stream()
+        if self.error is not None:
+            raise self.error
+        await connection.open(stream, prefix, rest, data, True)
+        if stream.headers is None:
+            await stream.recv_headers()
+        self._check_headers(stream.headers)  # type: ignore[arg-type]
+        if self.trailers_only:
+            raise AttemptError(Status.UNKNOWN, "No response message (trailers-only OK)")
+        reply = await self._recv_message()
+        if reply is None:
+            raise AttemptError(Status.UNKNOWN, "No response message")
+        if await self._recv_message() is not None:
+            raise AttemptError(Status.UNKNOWN, "More than one response message")
         return reply
 
     # --- ending -------------------------------------------------------------------------
@@ -289,27 +323,16 @@ class Attempt:
         """Classify an exception raised by this attempt's stream."""
         if isinstance(exc, AttemptError):
             return exc
+        if isinstance(exc, StreamError):
+            return AttemptError(exc.status, exc.message, refused=exc.refused)
         if isinstance(exc, GRPCError):
             return AttemptError(exc.status, exc.message, details=exc.details)
-        refused = self.stream is not None and is_refused(self.stream)
-        if refused:
-            return AttemptError(Status.UNAVAILABLE, "Stream refused by the server", refused=True)
-        if isinstance(exc, StreamTerminatedError):
-            return AttemptError(Status.UNAVAILABLE, f"Connection lost: {exc}")
-        if isinstance(exc, (H2Error, ConnectionError, OSError)):
+        if isinstance(exc, (ConnectionError, OSError)):
             return AttemptError(Status.UNAVAILABLE, f"Connection failed: {exc}")
         raise exc
 
     def close(self) -> None:
-        """Reset the stream if it is still open, and release it."""
+        """Reset the stream if it is still open, and forget it."""
         stream = self.stream
-        if stream is None:
-            return
-        try:
-            if stream.closable:
-                stream.reset_nowait()
-        except Exception:  # a broken connection cannot take a RST_STREAM
-            pass
-        release, self.release = self.release, None
-        if release is not None:
-            release()
+        if stream is not None:
+            stream.close()

@@ -27,7 +27,7 @@ from .retry import NO_RETRY, pushback
 if TYPE_CHECKING:
     from grpclib.metadata import _Metadata
 
-    from .client import Client, MethodSpec
+    from .spec import ClientLike, MethodSpec
 
 #: transparent retries of one call that do not count as attempts (A6 allows one)
 FREE_TRANSPARENT_RETRIES = 1
@@ -77,7 +77,7 @@ class ClientCall:
 
     def __init__(
         self,
-        client: Client,
+        client: ClientLike,
         spec: MethodSpec,
         info: ClientCallInfo,
         metadata_headers: list[tuple[str, str]],
@@ -154,7 +154,7 @@ class ClientCall:
     def _on_deadline(self) -> None:
         self._expired = True
         if self._attempt is not None:
-            self._attempt.wrapper.cancel(TimeoutError("Deadline exceeded"))
+            self._attempt.cancel(TimeoutError("Deadline exceeded"))
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._done:
@@ -181,8 +181,9 @@ class ClientCall:
 
     # --- attempts -------------------------------------------------------------------------
 
-    def _headers(self, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
-        headers = list(self._spec.headers_for(endpoint))
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        """The call's own request headers (after the method's fixed ones)."""
+        headers: list[tuple[bytes, bytes]] = []
         if self.info.deadline is not None:
             remaining = self.info.deadline - asyncio.get_running_loop().time()
             timeout = encode_timeout(max(remaining, 0.0)).encode("ascii")
@@ -213,9 +214,8 @@ class ClientCall:
         first = buffer[0] if buffer else None
         end_now = self._ended and len(buffer) <= 1
         try:
-            headers = self._headers(endpoint)
-            prefix = len(self._spec.headers_for(endpoint))
-            await attempt.open(protocol, headers, first, end_now, prefix)
+            prefix = self._spec.headers_for(endpoint)
+            await attempt.open(protocol, prefix, self._headers(), first, end_now)
             for data in buffer[1:-1]:
                 await attempt.send(data, False)
             if len(buffer) > 1:
@@ -502,8 +502,8 @@ class ClientCall:
                         protocol = await endpoint.connect(info.time_remaining())
                     except ConnectFailed as exc:
                         raise AttemptError(exc.status, exc.message, sent=False) from None
-                static = spec.headers_for(endpoint)
-                reply = await attempt.unary(protocol, self._headers(endpoint), data, len(static))
+                prefix = spec.headers_for(endpoint)
+                reply = await attempt.unary(protocol, prefix, self._headers(), data)
             except BaseException as exc:
                 err = self._classify(exc)
                 if isinstance(err, AttemptError) and await self._retry(err):

@@ -15,13 +15,10 @@ import ssl
 import time
 from typing import Any
 
-from grpclib.config import Configuration
 from grpclib.const import Status
-from grpclib.encoding.base import CodecBase
-from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
 
-from .._compat import ClientProtocol, StackChannelBase
+from .connection import ClientConnection
 
 
 class ConnectFailed(GRPCError):
@@ -40,17 +37,27 @@ def parse_target(target: str) -> tuple[str, int]:
 
 
 class Endpoint:
-    """One target: its channel (one connection) and its health."""
+    """One target: its connection (one at a time, opened lazily) and its health."""
 
     __slots__ = (
+        "_connecting",
+        "authority",
         "backoff_initial",
         "backoff_max",
-        "channel",
         "connect_timeout",
+        "connection",
+        "connection_window",
+        "draining",
         "failures",
         "host",
+        "keepalive_time",
+        "keepalive_timeout",
         "port",
         "retry_at",
+        "scheme",
+        "server_name",
+        "ssl_context",
+        "stream_window",
         "target",
     )
 
@@ -58,23 +65,31 @@ class Endpoint:
         self,
         target: str,
         *,
-        codec: CodecBase,
         ssl_context: ssl.SSLContext | None,
-        config: Configuration,
         connect_timeout: float,
         backoff_initial: float,
         backoff_max: float,
+        server_name: str | None = None,
+        stream_window: int = 65_535,
+        connection_window: int = 65_535,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float = 20.0,
     ) -> None:
         self.target = target
         self.host, self.port = parse_target(target)
-        self.channel = StackChannelBase(
-            self.host,
-            self.port,
-            codec=codec,
-            status_details_codec=ProtoStatusDetailsCodec(),
-            ssl=ssl_context,
-            config=config,
-        )
+        self.ssl_context = ssl_context
+        self.server_name = server_name
+        self.scheme = "https" if ssl_context is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = f"{host}:{self.port}"
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.keepalive_time = keepalive_time
+        self.keepalive_timeout = keepalive_timeout
+        self.connection: ClientConnection | None = None
+        #: earlier connections that got a GOAWAY and still finish their calls
+        self.draining: set[ClientConnection] = set()
+        self._connecting: asyncio.Future[ClientConnection] | None = None
         self.connect_timeout = connect_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -85,17 +100,45 @@ class Endpoint:
     def healthy(self, now: float) -> bool:
         return now >= self.retry_at
 
-    def ready(self) -> ClientProtocol | None:
-        return self.channel.connected_protocol()
+    def ready(self) -> ClientConnection | None:
+        """The open, usable connection, if any (no GOAWAY received, not lost)."""
+        connection = self.connection
+        if connection is not None and not connection.goaway and not connection.closed:
+            return connection
+        return None
 
-    async def connect(self, within: float | None = None) -> ClientProtocol:
-        protocol = self.channel.connected_protocol()
-        if protocol is not None:
-            return protocol
+    async def connect(self, within: float | None = None) -> ClientConnection:
+        connection = self.ready()
+        if connection is not None:
+            return connection
+        if self._connecting is None or self._connecting.done():  # one at a time; others wait
+            self._connecting = asyncio.ensure_future(self._connect(within))
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _connect(self, within: float | None) -> ClientConnection:
         limit = self.connect_timeout if within is None else min(within, self.connect_timeout)
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(limit):
-                protocol = await self.channel.connect()
+                _, connection = await loop.create_connection(
+                    self._factory,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    server_hostname=(
+                        (self.server_name or self.host) if self.ssl_context is not None else None
+                    ),
+                )
+            if self.ssl_context is not None:
+                ssl_object = connection.transport.get_extra_info("ssl_object")
+                if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                    connection.close()
+                    raise ConnectionError("the server did not select h2 (ALPN)")
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.failures += 1
             delay = min(self.backoff_initial * 1.6 ** (self.failures - 1), self.backoff_max)
@@ -106,10 +149,27 @@ class Endpoint:
             raise ConnectFailed(self.target, reason) from None
         self.failures = 0
         self.retry_at = 0.0
-        return protocol
+        old = self.connection
+        if old is not None and not old.closed:
+            self.draining.add(old)
+            old.lost.add_done_callback(lambda _: self.draining.discard(old))
+        self.connection = connection
+        return connection
+
+    def _factory(self) -> ClientConnection:
+        return ClientConnection(
+            stream_window=self.stream_window,
+            connection_window=self.connection_window,
+            keepalive_time=self.keepalive_time,
+            keepalive_timeout=self.keepalive_timeout,
+        )
 
     def close(self) -> None:
-        self.channel.close()
+        for connection in [*self.draining, self.connection]:
+            if connection is not None:
+                connection.close()
+        self.draining.clear()
+        self.connection = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.target} failures={self.failures}>"

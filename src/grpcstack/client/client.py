@@ -17,93 +17,27 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
-from grpclib.encoding.base import GRPC_CONTENT_TYPE, CodecBase
+from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
-from grpclib.metadata import USER_AGENT, Deadline, encode_metadata
+from grpclib.metadata import Deadline, encode_metadata
 from prometheus_client import CollectorRegistry
 
 from ..codec import StackCodec
-from ..compression import ACCEPT_ENCODING, GZIP
 from ..observability import trace_exporter_configured
 from ..settings import ClientSettings
 from .call import ClientCall, RpcError
 from .channel import Endpoint, Pool, client_ssl_context
-from .config import HedgingPolicy, MethodConfig, resolve
+from .config import HedgingPolicy, MethodConfig
 from .metrics import ClientMetrics
-from .middleware import ClientCallInfo, ClientMiddleware, Hooks
+from .middleware import ClientCallInfo, ClientMiddleware
 from .propagation import inherit
 from .retry import RetryPolicy, RetryThrottle
+from .spec import MethodSpec
 
 StubT = TypeVar("StubT")
 
-_USER_AGENT = f"grpcstack-client {USER_AGENT}"
 log = logging.getLogger("grpcstack.client")
-
-
-class MethodSpec:
-    """Everything about calling one method that does not change between calls (copied, not
-    shared, by hedging)."""
-
-    __slots__ = (
-        "_headers",
-        "cardinality",
-        "compress",
-        "hedging",
-        "hooks",
-        "max_receive",
-        "method",
-        "reply_type",
-        "request_type",
-        "retry",
-        "timeout",
-        "wait_for_ready",
-    )
-
-    def __init__(
-        self,
-        client: Client,
-        method: str,
-        cardinality: Cardinality,
-        request_type: type,
-        reply_type: type,
-    ) -> None:
-        cfg = resolve(client.methods, method, client.default_config)
-        self.method = method
-        self.cardinality = cardinality
-        self.request_type = request_type
-        self.reply_type = reply_type
-        self.timeout = cfg.timeout
-        self.retry = cfg.retry
-        self.hedging = cfg.hedging
-        self.wait_for_ready = bool(cfg.wait_for_ready)
-        self.max_receive = cfg.max_receive_message_length or client.max_receive
-        self.compress = client.compression == GZIP
-        self.hooks = Hooks(client.middlewares, method)
-        self._headers: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
-
-    def headers_for(self, endpoint: Endpoint) -> tuple[tuple[bytes, bytes], ...]:
-        """The request headers every call of this method to ``endpoint`` starts with."""
-        headers = self._headers.get(endpoint.target)
-        if headers is None:
-            channel = endpoint.channel
-            built = [
-                (":method", "POST"),
-                (":scheme", channel.scheme),
-                (":path", self.method),
-                (":authority", channel.authority),
-                ("te", "trailers"),
-                ("content-type", GRPC_CONTENT_TYPE),
-                ("user-agent", _USER_AGENT),
-                ("grpc-accept-encoding", ACCEPT_ENCODING),
-            ]
-            if self.compress:
-                built.append(("grpc-encoding", GZIP))
-            headers = self._headers[endpoint.target] = tuple(
-                (k.encode("ascii"), v.encode("ascii")) for k, v in built
-            )
-        return headers
 
 
 class Client:
@@ -195,25 +129,20 @@ class Client:
             ssl_context = client_ssl_context(
                 s.GRPC_CLIENT_TLS_CA_FILE, s.GRPC_CLIENT_TLS_CERT_FILE, s.GRPC_CLIENT_TLS_KEY_FILE
             )
-        config = Configuration(
-            _keepalive_time=(
-                s.GRPC_CLIENT_KEEPALIVE_TIME_MS / 1000 if s.GRPC_CLIENT_KEEPALIVE_TIME_MS else None
-            ),
-            _keepalive_timeout=s.GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS / 1000,
-            http2_connection_window_size=s.GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE,
-            http2_stream_window_size=s.GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE,
-            ssl_target_name_override=s.GRPC_CLIENT_TLS_SERVER_NAME,
-        )
+        keepalive = s.GRPC_CLIENT_KEEPALIVE_TIME_MS
         return Pool(
             [
                 Endpoint(
                     target,
-                    codec=self.codec,
                     ssl_context=ssl_context,
-                    config=config,
+                    server_name=s.GRPC_CLIENT_TLS_SERVER_NAME,
                     connect_timeout=s.GRPC_CLIENT_CONNECT_TIMEOUT_SECONDS,
                     backoff_initial=s.GRPC_CLIENT_RECONNECT_INITIAL_SECONDS,
                     backoff_max=s.GRPC_CLIENT_RECONNECT_MAX_SECONDS,
+                    stream_window=s.GRPC_CLIENT_HTTP2_STREAM_WINDOW_SIZE,
+                    connection_window=s.GRPC_CLIENT_HTTP2_CONNECTION_WINDOW_SIZE,
+                    keepalive_time=keepalive / 1000 if keepalive else None,
+                    keepalive_timeout=s.GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS / 1000,
                 )
                 for target in self.targets
             ]
@@ -325,7 +254,7 @@ class Client:
         if spec.hedging is not None:
             from .hedging import hedged
 
-            return await hedged(self, spec, request, timeout, deadline, metadata)
+            return await hedged(self, self._call, spec, request, timeout, deadline, metadata)
         return await self._call(spec, timeout, deadline, metadata).unary(request)
 
 

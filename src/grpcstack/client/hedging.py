@@ -16,13 +16,19 @@ from grpclib.exceptions import GRPCError
 from .middleware import NO_HOOKS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from grpclib.metadata import Deadline
 
-    from .client import Client, MethodSpec
+    from .call import ClientCall
+    from .spec import ClientLike, MethodSpec
+
+    NewCall = Callable[[MethodSpec, float | None, Deadline | None, Any], ClientCall]
 
 
 async def hedged(
-    client: Client,
+    client: ClientLike,
+    new_call: NewCall,
     spec: MethodSpec,
     request: Any,
     timeout: float | None,  # noqa: ASYNC109 - the stub API's name
@@ -35,14 +41,14 @@ async def hedged(
     copy_spec.hedging = None
     copy_spec.retry = None
     copy_spec.hooks = NO_HOOKS
-    outer = client._call(spec, timeout, deadline, metadata)
+    outer = new_call(spec, timeout, deadline, metadata)
     outer._begin()
     info = outer.info
     pending: set[asyncio.Future[Any]] = set()
     last_error: BaseException | None = None
 
     def launch() -> None:
-        call = client._call(copy_spec, None, None, metadata)
+        call = new_call(copy_spec, None, None, metadata)
         call.info.deadline = info.deadline
         call._metadata_headers = outer._metadata_headers
         info.attempts += 1
