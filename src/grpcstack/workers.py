@@ -27,8 +27,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .server import AsyncBaseServer
@@ -168,6 +169,7 @@ class Supervisor:
         self.exit_code = 0
         self._reservation: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._exporter: object | None = None
         self._stopped = asyncio.Event()
 
@@ -194,7 +196,7 @@ class Supervisor:
         finally:
             os.close(write_fd)
         worker.started_at = time.monotonic()
-        asyncio.get_running_loop().create_task(self._read_ready(worker, read_fd))
+        self._background(self._read_ready(worker, read_fd))
 
     async def _read_ready(self, worker: Worker, read_fd: int) -> None:
         loop = asyncio.get_running_loop()
@@ -309,7 +311,14 @@ class Supervisor:
             log.info("%s: draining %d workers", name, len(self.workers))
             self.stopping = True
             self._stopped.set()
-        asyncio.get_running_loop().create_task(self._signal_all(signum))
+        self._background(self._signal_all(signum))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        # the loop keeps only a weak reference to a task: an unreferenced one can be collected
+        # mid-await (seen: a worker's readiness reader, so the worker "did not start")
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
 
     async def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
