@@ -17,6 +17,7 @@ from conftest import channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from platform_util import cache_count, loads, platform, user
+from waiting import eventually
 
 from gen.marketdata.v1 import (
     Bar,
@@ -142,6 +143,9 @@ async def test_quote_cached_in_l1_and_l3_and_invalidated_by_new_bars(
     server: PlatformServer, stub: MarketDataServiceStub
 ) -> None:
     await ingest(stub, [bar("QTE", 0, 50.0), bar("QTE", 1, 55.0)])
+    assert server.cache is not None
+    l3_tier = server.cache.tiered.tiers[-1].cache  # DuckDB: its writes are batched off the call
+    batches = l3_tier.batches
     before = loads(server, GET_QUOTE)
     quote = await stub.get_stock_quote(GetStockQuoteRequest(symbol="QTE"), metadata=ME)
     assert (quote.price, quote.previous_close, quote.change) == (55.0, 50.0, 5.0)
@@ -150,8 +154,10 @@ async def test_quote_cached_in_l1_and_l3_and_invalidated_by_new_bars(
     again = await stub.get_stock_quote(GetStockQuoteRequest(symbol="qte"), metadata=ME)
     assert again == quote and cache_count(server, "hits", GET_QUOTE, "l1") == l1 + 1
     assert loads(server, GET_QUOTE) == before + 1
-    # L3 (DuckDB) holds it too: an L1 eviction is answered from L3 without a load
-    assert server.cache is not None
+    # L3 (DuckDB) holds it too, once its batched write landed: an L1 eviction is then answered
+    # from L3 without a load
+    await eventually(lambda: l3_tier.batches > batches)
+    await l3_tier.flush()
     await server.cache.tiered.tiers[0].cache.clear()  # as if L1 had evicted it
     l3 = cache_count(server, "hits", GET_QUOTE, "l3")
     assert await stub.get_stock_quote(GetStockQuoteRequest(symbol="QTE"), metadata=ME) == quote
