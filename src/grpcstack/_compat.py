@@ -450,6 +450,19 @@ from hpack.hpack import INDEX_NONE as _INDEX_NONE  # noqa: E402
 from hpack.hpack import Encoder as _HpackEncoder  # noqa: E402
 
 
+def _count_insertions(codec: _Any) -> None:
+    """Make ``codec._version`` count insertions into its HPACK dynamic table (evictions come
+    with an insertion or a resize, which the callers compare on their own)."""
+    table = codec.header_table
+    table_add = table.add
+
+    def counting_add(name: bytes, value: bytes) -> _Any:
+        codec._version += 1
+        return table_add(name, value)
+
+    table.add = counting_add
+
+
 class ClientHeaderEncoder(_HpackEncoder):
     """HPACK for request headers with the per-method prefix cached.
 
@@ -466,14 +479,7 @@ class ClientHeaderEncoder(_HpackEncoder):
         self._version = 0
         #: id(prefix) -> (prefix, table version, block); the prefix is kept so the id stays valid
         self._cache: dict[int, tuple[tuple[tuple[bytes, bytes], ...], int, bytes]] = {}
-        table = self.header_table
-        table_add = table.add
-
-        def counting_add(name: bytes, value: bytes) -> _Any:
-            self._version += 1
-            return table_add(name, value)
-
-        table.add = counting_add  # type: ignore[method-assign]
+        _count_insertions(self)
 
     def encode_request(
         self, prefix: tuple[tuple[bytes, bytes], ...], rest: list[tuple[bytes, bytes]]
@@ -514,14 +520,7 @@ class CachedHeaderDecoder(Decoder):
         super().__init__()
         self._version = 0
         self._cache: dict[bytes, tuple[tuple[int, int], list[_Any]]] = {}
-        table = self.header_table
-        table_add = table.add
-
-        def counting_add(name: bytes, value: bytes) -> _Any:
-            self._version += 1
-            return table_add(name, value)
-
-        table.add = counting_add  # type: ignore[method-assign]
+        _count_insertions(self)
 
     def decode(self, data: bytes, raw: bool = False) -> _Any:
         state = (self._version, self.header_table.maxsize)
