@@ -124,3 +124,25 @@ def mongo_process() -> Any:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def spans() -> Any:
+    """The test's own OpenTelemetry in-memory exporter (tracing tests importorskip the SDK)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(spans: Any) -> Any:
+    """A TracerProvider of the test's own (not the global one), exporting into ``spans``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    try:
+        yield provider
+    finally:
+        provider.shutdown()

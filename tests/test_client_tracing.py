@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,7 +19,6 @@ from client_helpers import client_settings
 from conftest import running, settings
 from grpclib.const import Cardinality, Status
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from otel_helpers import GLOBAL_SPANS, Collector, global_provider
@@ -34,21 +33,6 @@ from grpcstack.middleware.tracing import TracingMiddleware
 from platform_services.echo import EchoServer
 
 ECHO = "/echo.v1.EchoService/Echo"
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(spans: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    try:
-        yield provider
-    finally:
-        provider.shutdown()
 
 
 class TracedEcho(EchoServer):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -41,22 +39,6 @@ from grpcstack.middleware.tracing import (
 from grpcstack.observability import trace_exporter_configured
 from grpcstack.testing import make_channel
 from platform_services.echo import EchoService
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(spans: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    """A provider of the test's own (not the global one), exporting into ``spans``."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    try:
-        yield provider
-    finally:
-        provider.shutdown()
 
 
 class TracedServer(AsyncBaseServer):
