@@ -94,10 +94,15 @@ class _HttpCaller:
             async with httpx.AsyncClient(timeout=300.0) as client:
                 response = await client.post(self.url, json=body)
                 response.raise_for_status()
+        data = self._received(response)
+        return "OK" if "text" in data else "BAD_BODY"
+
+    def _received(self, response: Any) -> Any:
+        """The response's JSON, with both bodies kept for the payload row."""
         data = response.json()
         self.last_request = response.request.content
         self.last_response = response.content
-        return "OK" if "text" in data else "BAD_BODY"
+        return data
 
     def payload(self) -> dict[str, int]:
         return {"request": len(self.last_request), "response": len(self.last_response)}
@@ -118,18 +123,15 @@ async def pooled_http_caller(port: int) -> AsyncIterator[_HttpCaller]:
         yield _HttpCaller(port, client)
 
 
-class _ConnectCaller:
+class _ConnectCaller(_HttpCaller):
     """The same pooled httpx call, to grpcstack's own HTTP/JSON mode: Connect unary, a POST of
     the request's proto3 JSON to ``/ocr.v1.OCRService/ExtractText`` on ``GRPC_HTTP_PORT``."""
 
     URL_PATH = "/ocr.v1.OCRService/ExtractText"
 
     def __init__(self, port: int, client: Any) -> None:
+        super().__init__(port, client)
         self.url = f"http://127.0.0.1:{port}{self.URL_PATH}"
-        self.images = os.environ["BENCH_OCR_IMAGES"].split(",")
-        self.client = client
-        self.last_request = b""
-        self.last_response = b""
 
     async def call(self, i: int) -> str:
         image = self.images[i % len(self.images)]
@@ -140,16 +142,11 @@ class _ConnectCaller:
             "confidenceThreshold": 0.5,
             "useAngleCls": True,
         }
-        response = await self.client.post(self.url, json=body)
+        response = await self.pooled.post(self.url, json=body)
         if response.status_code != 200:
             return f"HTTP_{response.status_code}"
-        data = response.json()
-        self.last_request = response.request.content
-        self.last_response = response.content
+        data = self._received(response)
         return "OK" if data.get("status") == "STATUS_SUCCESS" else f"OCR_{data.get('status')}"
-
-    def payload(self) -> dict[str, int]:
-        return {"request": len(self.last_request), "response": len(self.last_response)}
 
 
 @asynccontextmanager
