@@ -155,7 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--request-hex", default="", help="the request message, hex-encoded")
     wk.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     wk.add_argument("--rounds", type=int, default=5)
-    wk.add_argument("--requests", type=int, default=20_000, help="requests per round")
+    wk.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per round (0: --requests per round)"
+    )
+    wk.add_argument(
+        "--requests", type=int, default=20_000, help="requests per round (no --duration)"
+    )
     wk.add_argument("--connections", type=int, default=16)
     wk.add_argument("--streams", type=int, default=20, help="in flight per connection")
     wk.add_argument("--no-uvloop", action="store_true", help="serve on plain asyncio")
@@ -348,6 +353,7 @@ def _bench_workers(args: argparse.Namespace) -> int:
         workers=args.workers,
         rounds=args.rounds,
         requests=args.requests,
+        duration=args.duration,
         connections=args.connections,
         streams=args.streams,
         uvloop=not args.no_uvloop,

@@ -155,15 +155,22 @@ class H2Load:
         self.body = Path(path)
 
     def run(
-        self, port: int, requests: int, *, latencies: list[float] | None = None
+        self,
+        port: int,
+        requests: int,
+        *,
+        latencies: list[float] | None = None,
+        duration: float = 0.0,
     ) -> dict[str, float]:
-        """One h2load run; per-request latencies (ms) are appended to ``latencies`` if given."""
+        """One h2load run of ``requests`` calls, or of ``duration`` seconds when that is given
+        (every connection then sends until the time is up, instead of its equal share of the
+        calls); per-request latencies (ms) are appended to ``latencies`` if given."""
         log = self.body.with_suffix(".log")
+        amount = ["-D", f"{duration:g}"] if duration else ["-n", str(requests)]
         argv = [
             *pin(self.cpu),
             self.binary,
-            "-n",
-            str(requests),
+            *amount,
             "-c",
             str(self.connections),
             "-m",
@@ -195,13 +202,15 @@ class H2Load:
         finally:
             log.unlink(missing_ok=True)
         rate = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
-        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        done = re.search(r"requests: \d+ total, (\d+) started, (\d+) done, (\d+) succeeded", out)
         if rate is None or done is None:
             raise RuntimeError(f"cannot parse h2load output:\n{out}")
         return {
             "rps": float(rate.group(3)),
-            "succeeded": float(done.group(2)),
-            "done": float(done.group(1)),
+            "succeeded": float(done.group(3)),
+            "done": float(done.group(2)),
+            # a timed run stops with calls in flight: sent, maybe served, never counted as done
+            "started": float(done.group(1)),
         }
 
     def close(self) -> None:

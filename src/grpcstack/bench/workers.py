@@ -3,10 +3,15 @@
 Two servers of the same target run side by side: one plain process, one supervisor with N workers
 on one SO_REUSEPORT port (neither pinned: the workers need every core). h2load drives them in
 alternating rounds over many connections (the kernel spreads connections, not calls, over the
-workers, so a handful of connections would leave one worker idle). Each round's ratio is
-N-worker req/s over 1-worker req/s; the report gives the median. The N-worker server's merged
-``/metrics`` must count exactly the calls sent to it as OK, so the run also checks the
-aggregating exporter, and measures accepted calls, not errors.
+workers, so a handful of connections would leave one worker idle). A round lasts a fixed time
+and every connection sends until it is up, as a service's clients do: with a fixed number of
+calls h2load gives every connection the same share, and a worker that drew fewer connections
+sits idle once they are done, which measures the kernel's hash rather than the workers. Each
+round's ratio is N-worker req/s over 1-worker req/s; the report gives the median. The N-worker
+server's merged ``/metrics`` must count exactly the warm-up calls sent to it as OK, and then
+between the calls h2load saw answered and the calls it started (a timed round ends with calls
+in flight), so the run also checks the aggregating exporter, and measures accepted calls, not
+errors.
 
 The load generator shares the machine: on 2 cores h2load takes a slice of the CPU the two
 workers would use. On a machine busy with other work the ratio also stops measuring parallelism
@@ -39,7 +44,8 @@ class Options:
     message: bytes
     workers: int = 2
     rounds: int = 5
-    requests: int = 20_000
+    requests: int = 20_000  # per round, when duration is 0
+    duration: float = 5.0  # seconds per round
     connections: int = 16
     streams: int = 20
     uvloop: bool = True
@@ -95,6 +101,8 @@ class Run:
     """One h2load run against one server, and what the machine did meanwhile."""
 
     rps: float
+    calls: float  # answered
+    started: float  # sent (a timed round ends with some in flight)
     wall: float
     server_cpu: float  # every process of the server (supervisor included)
     worker_cpu: list[float]  # per process, busiest first
@@ -103,16 +111,18 @@ class Run:
     load1: float  # 1-minute load average at the end
 
 
-def _measure(client: H2Load, pid: int, port: int, requests: int) -> Run:
+def _measure(client: H2Load, pid: int, port: int, opts: Options) -> Run:
     procs_before = _process_cpu(pid)
     machine_before, h2load_before = _machine_busy(), _children_cpu()
     started = time.monotonic()
-    result = client.run(port, requests)
+    result = client.run(port, opts.requests, duration=opts.duration)
     wall = time.monotonic() - started
     machine_after, h2load_after = _machine_busy(), _children_cpu()
     procs_after = _process_cpu(pid)
-    if result["succeeded"] != requests:
-        raise RuntimeError(f"port {port}: only {result['succeeded']} of {requests} succeeded")
+    if result["succeeded"] != result["done"] or (
+        not opts.duration and result["succeeded"] != opts.requests
+    ):
+        raise RuntimeError(f"port {port}: only {result['succeeded']} calls succeeded: {result}")
     used = {p: cpu - procs_before.get(p, 0.0) for p, cpu in procs_after.items()}
     server_cpu = sum(used.values())
     h2load_cpu = h2load_after - h2load_before
@@ -120,6 +130,8 @@ def _measure(client: H2Load, pid: int, port: int, requests: int) -> Run:
     workers = sorted((cpu for p, cpu in used.items() if p != pid), reverse=True)
     return Run(
         rps=result["rps"],
+        calls=result["succeeded"],
+        started=result["started"],
         wall=wall,
         server_cpu=server_cpu,
         worker_cpu=workers or [server_cpu],
@@ -129,13 +141,15 @@ def _measure(client: H2Load, pid: int, port: int, requests: int) -> Run:
     )
 
 
-def _row(one: Run, many: Run, requests: int, workers: int) -> dict[str, float]:
+def _row(one: Run, many: Run, workers: int) -> dict[str, float]:
     """The round's figures. Throughput ratio, and the ones that do not depend on how much of a
     contended machine each server got: calls per CPU second, and the projected ratio."""
-    one_rate = requests / one.server_cpu if one.server_cpu else 0.0
-    many_rate = requests / many.server_cpu if many.server_cpu else 0.0
+    one_rate = one.calls / one.server_cpu if one.server_cpu else 0.0
+    many_rate = many.calls / many.server_cpu if many.server_cpu else 0.0
     busiest = many.worker_cpu[0]
     return {
+        "one_calls": one.calls,
+        "many_calls": many.calls,
         "one": one.rps,
         "many": many.rps,
         "ratio": many.rps / one.rps,
@@ -152,9 +166,10 @@ def _row(one: Run, many: Run, requests: int, workers: int) -> dict[str, float]:
         "calls_per_cpu_s_per_worker": many_rate,
         # the busiest worker's share of the workers' CPU (1/N = perfectly even)
         "busiest_worker_share": busiest / sum(many.worker_cpu) if busiest else 0.0,
-        # with a core per worker (and the load generated elsewhere) the run takes as long as
-        # the busiest worker's CPU time: the ratio then is the single process's CPU over it
-        "projected_ratio": one.server_cpu / busiest if busiest else 0.0,
+        # with a core per worker (and the load generated elsewhere) the round's calls take as
+        # long as the busiest worker's CPU time: calls per second of that, over the single
+        # process's calls per CPU second
+        "projected_ratio": (many.calls / busiest) / one_rate if busiest and one_rate else 0.0,
         "h2load_cores": (one.h2load_cpu + many.h2load_cpu) / (one.wall + many.wall),
         "others_cores": (one.others_cores * one.wall + many.others_cores * many.wall)
         / (one.wall + many.wall),
@@ -184,6 +199,17 @@ def _wait_for_workers(metrics_port: int, workers: int, timeout: float = 60.0) ->
     raise RuntimeError(f"{workers} workers did not all start")
 
 
+def _wait_for_count(metrics_port: int, method: str, low: float, high: float) -> float:
+    """The OK count once it is in [low, high], or the last seen after a bound: calls h2load
+    abandoned at a round's end may still be finishing in a worker."""
+    deadline = time.monotonic() + 10
+    while True:
+        ok = _ok_count(metrics_port, method)
+        if low <= ok <= high or time.monotonic() > deadline:
+            return ok
+        time.sleep(0.1)
+
+
 def run(opts: Options) -> dict[str, Any]:
     common = {
         "GRPC_UVLOOP": str(opts.uvloop).lower(),
@@ -209,16 +235,25 @@ def run(opts: Options) -> dict[str, Any]:
         for server in (one, many):
             asyncio.run(probe(server.port, opts.method, opts.message, headers))
             client.run(server.port, 2000)  # warm up
-        sent_to_many = 2001
+        ok = _ok_count(metrics_port, opts.method)
+        if ok != 2001:
+            raise RuntimeError(f"{opts.workers} workers counted {ok} OK warm-up calls of 2001")
+        answered = started = 2001.0
         for _ in range(opts.rounds):
             assert one.proc is not None and many.proc is not None
-            first = _measure(client, one.proc.pid, one.port, opts.requests)
-            second = _measure(client, many.proc.pid, many.port, opts.requests)
-            sent_to_many += opts.requests
-            rounds.append(_row(first, second, opts.requests, opts.workers))
-        ok = _ok_count(metrics_port, opts.method)
-        if ok != sent_to_many:
-            raise RuntimeError(f"{opts.workers} workers counted {ok} OK calls of {sent_to_many}")
+            first = _measure(client, one.proc.pid, one.port, opts)
+            second = _measure(client, many.proc.pid, many.port, opts)
+            answered += second.calls
+            started += second.started
+            rounds.append(_row(first, second, opts.workers))
+        # a call in flight when a timed round ended may have been served after h2load left
+        ok = _wait_for_count(metrics_port, opts.method, answered, started)
+        if not answered <= ok <= started:
+            raise RuntimeError(
+                f"{opts.workers} workers counted {ok} OK calls: h2load saw {answered:.0f} "
+                f"answered of {started:.0f} sent"
+            )
+        sent_to_many = int(ok)
     finally:
         for server in (one, many):
             server.stop()
@@ -233,7 +268,8 @@ def run(opts: Options) -> dict[str, Any]:
         "workers": opts.workers,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "requests_per_round": opts.requests,
+        "requests_per_round": 0 if opts.duration else opts.requests,
+        "seconds_per_round": opts.duration,
         "connections": opts.connections,
         "in_flight": opts.connections * opts.streams,
         "uvloop": opts.uvloop,
@@ -256,10 +292,13 @@ def run(opts: Options) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     n = result["workers"]
+    if result.get("seconds_per_round"):
+        per_round = f"{result['seconds_per_round']:g} s per round"
+    else:
+        per_round = f"{result['requests_per_round']} requests per round"
     lines = [
-        f"workers: {result['method']}, {result['requests_per_round']} requests per round, "
-        f"{result['connections']} connections, {result['in_flight']} in flight, "
-        f"{result['cpus']} CPUs, uvloop={result['uvloop']}",
+        f"workers: {result['method']}, {per_round}, {result['connections']} connections, "
+        f"{result['in_flight']} in flight, {result['cpus']} CPUs, uvloop={result['uvloop']}",
         f"{'round':>6}  {'1w req/s':>8}  {f'{n}w req/s':>8}  {'ratio':>5}  {'load1':>5}  "
         f"{'others':>6}  {'h2load':>6}  {'1w call/CPUs':>12}  {'per worker':>10}  "
         f"{'busiest':>7}  {'projected':>9}",
@@ -294,7 +333,8 @@ def report(result: dict[str, Any]) -> str:
         f"process and of each of the {n} workers (equal = a worker's call costs what it costs",
         "alone); busiest: the busiest worker's share of the workers' CPU (1/N = even);",
         "projected: the throughput ratio with a core per worker and the load generated elsewhere",
-        "(single-process CPU / busiest worker's CPU), independent of the machine's load.",
+        "(the workers' calls per busiest worker's CPU second over the single process's calls per",
+        "CPU second), independent of the machine's load.",
         f"target >= 1.7 for 2 workers; measured ratio {result['ratio_median']:.2f}, "
         f"projected {result['projected_ratio_median']:.2f}, CPU ratio "
         f"{result['cpu_ratio_median']:.2f}, efficiency {result['efficiency_median']:.2f}",
