@@ -92,12 +92,6 @@ async def test_grpc_js_interop_cases(node_run: NodeRun) -> None:
     assert others == {k: v for k, v in SERVER_COUNTS.items() if k[0] != "FullDuplexCall"}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12: grpc-js ends the call at its own 1 s deadline and the server counts that "
-    "FullDuplexCall OK in about half the runs (its reset races the server's own deadline), "
-    "not DeadlineExceeded",
-)
 async def test_grpc_js_timeout_is_deadline_exceeded_on_the_server(node_run: NodeRun) -> None:
     counted = {k: v for k, v in node_run.counted.items() if k[0] == "FullDuplexCall"}
     assert counted == {("FullDuplexCall", "DeadlineExceeded"): 1}
