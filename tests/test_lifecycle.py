@@ -18,6 +18,7 @@ from waiting import eventually
 
 from gen.echo.v1 import EchoRequest, EchoResponse, EchoServiceStub
 from grpcstack import AsyncBaseServer
+from grpcstack.transport import connection as transport_connection
 from grpcstack.transport.policy import ConnectionPolicy
 from platform_services.echo import EchoServer
 
@@ -160,12 +161,14 @@ async def test_idle_connection_does_not_block_stop() -> None:
 
 class FramePeer:
     """A client that reads the server's frames one by one (python-h2 stops at the first GOAWAY,
-    so it cannot show what follows one). It acks SETTINGS and PINGs, and records every frame."""
+    so it cannot show what follows one). It acks SETTINGS and PINGs (those after the call's
+    status only while ``ack_late_pings``), and records every frame."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.decoder = hpack.Decoder()
         self.seen: list[tuple[str, float, Any]] = []  # kind, loop time, detail
+        self.ack_late_pings = True
 
     @classmethod
     async def call(cls, port: int, request: bytes, user_agent: str) -> FramePeer:
@@ -193,6 +196,8 @@ class FramePeer:
                     self.writer.write(hyperframe.frame.SettingsFrame(0, flags=["ACK"]).serialize())
                 elif isinstance(frame, hyperframe.frame.PingFrame) and "ACK" not in frame.flags:
                     self.seen.append(("ping", now, None))
+                    if "status" in self.kinds() and not self.ack_late_pings:
+                        continue
                     ack = hyperframe.frame.PingFrame(0, flags=["ACK"])
                     ack.opaque_data = frame.opaque_data
                     self.writer.write(ack.serialize())
@@ -223,7 +228,9 @@ def gated_echo(server: EchoServer) -> asyncio.Event:
 async def test_stop_drains_a_busy_connection_with_two_goaways() -> None:
     """grpc-go's GracefulStop on a busy connection of a client known to ride GOAWAY (here one
     that says it is grpc-go): GOAWAY(2^31-1) + PING at once, the final GOAWAY (naming stream 1)
-    after the ack; the accepted call still completes OK; then close."""
+    after the ack; the accepted call still completes OK; then a PING behind its answer, and the
+    close only once that is acked (a socket closed before the peer has parsed the answer can
+    cost it the trailers: tests/test_haproxy.py)."""
     server = EchoServer(settings())
     gate = gated_echo(server)
     async with running(server):
@@ -242,11 +249,84 @@ async def test_stop_drains_a_busy_connection_with_two_goaways() -> None:
         await asyncio.wait_for(stop, 15)
     kinds = peer.kinds()
     assert kinds[:2] == ["goaway", "ping"], kinds
-    assert kinds[-2:] == ["status", "closed"], kinds
+    assert kinds[-3:] == ["status", "ping", "closed"], kinds
     goaways = [detail for kind, _, detail in peer.seen if kind == "goaway"]
     assert goaways[0] == (2**31 - 1, 0) and goaways[-1] == (1, 0)
     statuses = [detail for kind, _, detail in peer.seen if kind == "status"]
     assert statuses == [Status.OK.value]
+
+
+async def test_a_peer_that_never_acks_the_last_ping_is_closed_when_the_stop_grace_ends() -> None:
+    """Within a stop, an answer the peer has not confirmed reading is a call not yet done: the
+    close waits for the ack up to the grace, not longer."""
+    server = EchoServer(settings())
+    gate = gated_echo(server)
+    async with running(server):
+        peer = await FramePeer.call(server.port, bytes(EchoRequest(message="m")), "grpc-go/1.70.0")
+        peer.ack_late_pings = False
+        await server.echo.started.wait()
+        stop_at = asyncio.get_running_loop().time()
+        stop = asyncio.create_task(server.stop(1.0))
+        reading = asyncio.create_task(peer.read_until_closed())
+        try:
+            await eventually(lambda: peer.kinds().count("goaway") == 2, timeout=5)
+        finally:
+            gate.set()
+        await reading
+        peer.writer.close()
+        await asyncio.wait_for(stop, 15)
+    kinds = peer.kinds()
+    assert kinds[-3:] == ["status", "ping", "closed"], kinds
+    # the grace is a deadline on the server's loop: it can only pass late, never early
+    assert peer.seen[-1][1] - stop_at >= 1.0 * 0.9
+    assert [d for kind, _, d in peer.seen if kind == "status"] == [Status.OK.value]
+
+
+async def test_an_aged_connection_whose_peer_never_acks_the_last_ping_closes_after_the_linger(
+    monkeypatch: Any,
+) -> None:
+    """Outside a stop (max_connection_age here) the wait for that ack is LINGER_SECONDS."""
+    monkeypatch.setattr(transport_connection, "LINGER_SECONDS", 0.5)
+    server = EchoServer(settings(GRPC_MAX_CONNECTION_AGE_MS=200))
+    gate = gated_echo(server)
+    async with running(server):
+        peer = await FramePeer.call(server.port, bytes(EchoRequest(message="m")), "grpc-go/1.70.0")
+        peer.ack_late_pings = False
+        reading = asyncio.create_task(peer.read_until_closed())
+        try:
+            await eventually(lambda: peer.kinds().count("goaway") == 2, timeout=5)
+        finally:
+            gate.set()
+        await reading
+        peer.writer.close()
+    kinds = peer.kinds()
+    assert kinds[-3:] == ["status", "ping", "closed"], kinds
+    pinged, closed = (t for _, t, _ in peer.seen[-2:])
+    # the linger is a timer on the server's loop: it can only fire late, never early
+    assert closed - pinged >= 0.5 * 0.9
+    assert [d for kind, _, d in peer.seen if kind == "status"] == [Status.OK.value]
+
+
+async def test_stop_returns_only_once_the_sockets_it_closed_are_closed(monkeypatch: Any) -> None:
+    """After its FIN the server reads on for the linger (closing with unread input is a TCP
+    RST); a stop waits for that, else a process exiting right after stop() closes the socket
+    under the peer, whose next frame is answered with a RST that costs the peer input it had
+    not parsed yet (HAProxy then ends a response without its trailers)."""
+    monkeypatch.setattr(transport_connection, "LINGER_SECONDS", 0.5)
+    server = EchoServer(settings())
+    async with running(server):
+        peer = await FramePeer.call(server.port, bytes(EchoRequest(message="m")), "grpc-go/1.70.0")
+        reading = asyncio.create_task(peer.read_until_closed())
+        await eventually(lambda: "status" in peer.kinds(), timeout=5)
+        stop = asyncio.create_task(server.stop(30))
+        await reading  # up to the server's FIN; the peer keeps its own side open
+        fin_at = peer.seen[-1][1]
+        await asyncio.wait_for(stop, 15)
+        stopped_at = asyncio.get_running_loop().time()
+        peer.writer.close()
+    assert peer.kinds() == ["status", "ping", "goaway", "closed"], peer.kinds()
+    # the linger is a timer on the server's loop: it can only fire late, never early
+    assert stopped_at - fin_at >= 0.5 * 0.9
 
 
 async def test_stop_sends_a_grpclib_connection_its_goaway_after_an_idle_linger() -> None:

@@ -383,6 +383,7 @@ class AsyncBaseServer:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                     await server.wait_closed()
+                    await server.wait_lingering()
             except TimeoutError:
                 log.warning("connections did not close within %ss", CLOSE_TIMEOUT_SECONDS)
             await self._stop_middlewares()

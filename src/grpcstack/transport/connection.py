@@ -10,7 +10,9 @@ hostile peer is refused at the cost of parsing its frames, never of running a ca
 * oversized or non-ASCII request headers are answered on their own stream;
 * client pings are policed like grpc-go's keepalive enforcement;
 * every close the server initiates is preceded by a GOAWAY, and a drain is grpc-go's
-  GracefulStop: GOAWAY(2^31-1) + PING, then GOAWAY(last stream) once the PING is acked.
+  GracefulStop: GOAWAY(2^31-1) + PING, then GOAWAY(last stream) once the PING is acked;
+* a drained connection is closed only once the peer has read its last answers: a PING written
+  behind them and its ack prove that (a peer parses frames in order).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from .policy import ENHANCE_YOUR_CALM, NO_ERROR, ConnectionPolicy, Listener, Tra
 log = logging.getLogger("grpcstack.transport")
 
 _DRAIN_PING = b"grpcstkd"
+#: written behind a drained connection's last answers: its ack says the peer has parsed them
+_CLOSE_PING = b"grpcstkc"
 LINGER_SECONDS = 1.0
 _FEED_SLICE = 16 * 1024
 #: user-agent parts of clients that keep the streams a GOAWAY covers (gRPC's own stacks)
@@ -76,7 +80,7 @@ class CoalescingTransport:
     frames they produce in their first step go out together.
     """
 
-    __slots__ = ("_buf", "_loop", "_peername", "_scheduled", "_transport", "linger")
+    __slots__ = ("_buf", "_closed", "_loop", "_peername", "_scheduled", "_transport", "linger")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -86,6 +90,7 @@ class CoalescingTransport:
         #: close with FIN and read on for a while: closing with unread input sends a TCP RST,
         #: and the peer may then never read the GOAWAY that says why
         self.linger = False
+        self._closed = False
         self._peername: Any = transport.get_extra_info("peername")
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -94,8 +99,13 @@ class CoalescingTransport:
             return self._peername
         return self._transport.get_extra_info(name, default)
 
+    def is_closing(self) -> bool:
+        # closed by us: a half-closed (write_eof) transport still says False, and a write to it
+        # raises from the flush callback; grpclib skips trailers and acks when this is True
+        return self._closed or self._transport.is_closing()
+
     def write(self, data: bytes) -> None:
-        if data:
+        if data and not self._closed:
             self._buf.append(data)
             if not self._scheduled:
                 self._scheduled = True
@@ -111,11 +121,14 @@ class CoalescingTransport:
         buf = self._buf
         if buf:
             self._buf = []
-            if not self._transport.is_closing():
+            if not self._closed and not self._transport.is_closing():
                 self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def close(self) -> None:
+        if self._closed:
+            return
         self.flush()
+        self._closed = True
         transport = self._transport
         if self.linger and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
@@ -166,10 +179,15 @@ class StackProtocol(asyncio.Protocol):
         self._reset_window_start = 0.0
         #: streams above this id are refused: set by our final GOAWAY
         self.last_stream_id: int | None = None
-        # 0 serving, -1 draining at the next idle moment, 1 drain PING sent, 2 final GOAWAY sent
+        # 0 serving, -1 draining at the next idle moment, 1 drain PING sent, 2 final GOAWAY sent,
+        # 3 idle after the final GOAWAY: closing once the close PING is acked
         self._drain_state = 0
         self._drain_reason = "drain"
         self._ping_sent_at = 0.0
+        #: calls answered, and how many were when the last PING was written: a PING's ack
+        #: covers every answer written before it
+        self._answered = 0
+        self._answered_at_ping = 0
         #: a draining connection that found no quiet moment: new streams are refused
         self._refusing = False
         #: the peer is a client known to keep the streams a GOAWAY covers (grpc-core, grpc-go,
@@ -236,6 +254,7 @@ class StackProtocol(asyncio.Protocol):
             self._timers.append(loop.call_later(policy.max_connection_idle, self._idle_check))
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.linger_done(self)
         self._shutdown("Connection lost")
 
     def _shutdown(self, reason: str) -> None:
@@ -311,6 +330,9 @@ class StackProtocol(asyncio.Protocol):
             elif kind is PingAckReceived:
                 if event.ping_data == _DRAIN_PING:
                     self._probe_answered()
+                elif event.ping_data == _CLOSE_PING:
+                    if self._drain_state == 3:
+                        self.close_now(self._drain_reason)
                 else:
                     processor.process(event)
             elif kind is ConnectionTerminated:
@@ -369,9 +391,10 @@ class StackProtocol(asyncio.Protocol):
             # the call's task is ending: forget it now (instead of grpclib's periodic sweep)
             self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()
+            self._answered += 1
             if not self.processor.streams:
                 if self._drain_state == 2:
-                    self.close_now()
+                    self._close_when_read()
                 elif self._drain_state == -1:
                     self._idle_while_draining()
 
@@ -432,6 +455,7 @@ class StackProtocol(asyncio.Protocol):
             self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
         except ProtocolError:
             pass
+        self._answered += 1
         self.observer.stream_refused(reason)
 
     # --- GOAWAY ------------------------------------------------------------------------------
@@ -439,7 +463,7 @@ class StackProtocol(asyncio.Protocol):
     def send_goaway(self, code: int, reason: str, *, final: bool, debug: bytes = b"") -> None:
         """Write a GOAWAY frame ourselves: h2's own would move its state machine to CLOSED and
         refuse the streams a graceful drain must still accept."""
-        if self._drain_state == 2 or self.connection.is_closing():
+        if self._drain_state >= 2 or self.connection.is_closing():
             return
         if final:
             self._drain_state = 2
@@ -511,20 +535,22 @@ class StackProtocol(asyncio.Protocol):
     def _send_drain_ping(self) -> None:
         self._drain_state = 1
         self._ping_sent_at = time.monotonic()
+        self._answered_at_ping = self._answered
         self.connection.flush()
         self._proxy.write(PingFrame(0, opaque_data=_DRAIN_PING).serialize())
         self._proxy.flush()
-        timer = self.loop.call_later(self.policy.drain_ping_timeout, self._probe_answered)
+        timer = self.loop.call_later(self.policy.drain_ping_timeout, self._probe_answered, False)
         self._timers.append(timer)
 
-    def _probe_answered(self) -> None:
+    def _probe_answered(self, acked: bool = True) -> None:
         if self._drain_state != 1 or not self.open:
             return
         if self.rides_goaway:
             if self.processor.streams:
                 self._final_goaway()
             else:
-                self.close_now(self._drain_reason)
+                self.send_goaway(NO_ERROR, self._drain_reason, final=True)
+                self._close_when_read(acked and self._answered == self._answered_at_ping)
         elif not self.processor.streams and self._last_active <= self._ping_sent_at:
             self.close_now(self._drain_reason)
         else:  # a call came and went meanwhile: wait for the next quiet moment
@@ -533,12 +559,39 @@ class StackProtocol(asyncio.Protocol):
                 self._idle_while_draining()
 
     def _final_goaway(self) -> None:
-        if self._drain_state == 2 or not self.open:
+        if self._drain_state >= 2 or not self.open:
             return
         self.send_goaway(NO_ERROR, self._drain_reason, final=True)
         self._proxy.flush()
         if not self.processor.streams:
-            self.close_now()
+            self._close_when_read()
+
+    def _close_when_read(self, covered: bool = False) -> None:
+        """Close a drained, idle connection once the peer has parsed the answers we wrote last.
+
+        HAProxy (2.6 at least) can hold the tail of a response (its trailers, even DATA)
+        unparsed while the client's side has not taken the earlier DATA; if our socket closes
+        meanwhile (a process exiting right after its FIN, or our linger ending), it ends the
+        response with END_STREAM, truncated and without trailers: the client sees "no
+        grpc-status". A FIN alone is harmless. A peer parses frames in order, so the ack of a
+        PING written behind the last answer says it has them all: the close waits for that ack
+        or for the peer to close; within a stop, up to its grace (an answer the peer has not
+        read is a call not done), else up to LINGER_SECONDS (grpc-go waits up to 1 s for its
+        peer before it closes). The final GOAWAY was sent; ``covered``: the ack of a PING
+        written behind every answer is already in."""
+        if not self.open or self._drain_state == 3:
+            return
+        if covered:
+            self.close_now(self._drain_reason)
+            return
+        self._drain_state = 3
+        self._answered_at_ping = self._answered
+        self.connection.flush()
+        self._proxy.write(PingFrame(0, opaque_data=_CLOSE_PING).serialize())
+        self._proxy.flush()
+        if not self.server.draining:  # else the stop closes what is open after its grace
+            timer = self.loop.call_later(LINGER_SECONDS, self.close_now, self._drain_reason)
+            self._timers.append(timer)
 
     def abort(self, code: int, reason: str, debug: bytes = b"") -> None:
         """GOAWAY with an error and close at once: every call on the connection ends."""
@@ -551,6 +604,7 @@ class StackProtocol(asyncio.Protocol):
             return
         self.send_goaway(NO_ERROR, reason, final=True)
         self._proxy.linger = True
+        self.server.lingering.add(self)
         self._proxy.close()
         self._shutdown("Connection closed by the server")
 

@@ -98,12 +98,15 @@ class Listener(Protocol):
     policy: ConnectionPolicy
     observer: TransportObserver
     protocols: Any
+    lingering: set[Any]
     stack_h2_config: Any
+    draining: bool
     stopping: bool
 
     @property
     def grpclib_config(self) -> Any: ...
     def forget_handler(self, handler: Any) -> None: ...
+    def linger_done(self, protocol: Any) -> None: ...
 
 
 class Dispatcher(Protocol):

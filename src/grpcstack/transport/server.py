@@ -48,6 +48,11 @@ class GrpcServer(ServerBase):
             normalize_outbound_headers=False,
         )
         self.protocols: weakref.WeakSet[StackProtocol] = weakref.WeakSet()
+        #: connections we closed whose socket is still open (reading on after our FIN): a stop
+        #: waits for them, or the process would exit under them and the kernel answer the
+        #: peer's next frame with a TCP RST, which can cost the peer input it has not parsed yet
+        self.lingering: set[StackProtocol] = set()
+        self._lingering_over: asyncio.Event | None = None
         self.inflight: set[asyncio.Task[None]] = set()
         #: set by stop(): health reports NOT_SERVING, connections are drained
         self.draining = False
@@ -72,6 +77,18 @@ class GrpcServer(ServerBase):
         buffer its streams held) instead of keeping it until grpclib's next GC step."""
         handler.close()
         self.handlers.discard(handler)  # its cancelled tasks stay in `inflight` until done
+
+    def linger_done(self, protocol: StackProtocol) -> None:
+        self.lingering.discard(protocol)
+        if not self.lingering and self._lingering_over is not None:
+            self._lingering_over.set()
+
+    async def wait_lingering(self) -> None:
+        """Until every connection we closed has its socket closed (bounded by the linger)."""
+        if self.lingering:
+            if self._lingering_over is None or self._lingering_over.is_set():
+                self._lingering_over = asyncio.Event()
+            await self._lingering_over.wait()
 
     def track(self, task: asyncio.Task[None]) -> None:
         self.inflight.add(task)
