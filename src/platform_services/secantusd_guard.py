@@ -64,8 +64,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # as a script, sys.path[0] is this package's directory: its modules must not shadow any
-    del sys.path[0]
+    # as a script, sys.path[0] is this package's directory (unless PYTHONSAFEPATH): its modules
+    # must not shadow any
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
     guard_args, args = sys.argv[1:3], sys.argv[3:]
     sys.argv = ["secantusd-py", *args]  # the program name secantusd's messages give
     sys.exit(main([*guard_args, *args]))
