@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis_process import RedisProcess, free_port
+from redis_process import RedisProcess
 
 
 class RedisCluster:
@@ -16,10 +16,8 @@ class RedisCluster:
         for i in range(nodes):
             d = workdir / f"node{i}"
             d.mkdir()
-            # the bus port is set explicitly: port + 10000 may be taken or out of range
-            extra = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-            extra += ["--cluster-config-file", str(d / "nodes.conf")]
-            self.nodes.append(RedisProcess(d, extra))
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf")]
+            self.nodes.append(RedisProcess(d, extra, cluster_bus=True))
 
     @property
     def ports(self) -> list[int]:

@@ -1,8 +1,9 @@
 """An embedded MongoDB wire server for `make run` when MONGO_URL is unset.
 
-It runs SecantusDB's ``secantusd-py`` (PyPI ``secantusdb``, installed by the ``platform`` extra)
-as a child process on 127.0.0.1 and a free port, with its storage in a directory (or
-``:memory:``). The platform starts it before its resources open and stops it after they closed.
+It runs SecantusDB's ``secantusd-py`` (PyPI ``secantusdb``, installed by the ``platform`` extra;
+through secantusd_guard.py) as a child process on 127.0.0.1 and a free port, with its storage in
+a directory (or ``:memory:``). The platform starts it before its resources open and stops it
+after they closed.
 Set MONGO_URL to use a real MongoDB instead; nothing else changes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -23,21 +25,29 @@ log = logging.getLogger("platform_services.embedded_mongo")
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
+#: how long secantusd may outlive a platform killed without stopping it (a clean stop takes 2-3 s)
+GUARD_GRACE_SECONDS = STOP_TIMEOUT_SECONDS
 
 
 class EmbeddedMongoError(RuntimeError):
     """secantusd-py is missing or did not start."""
 
 
-def find_binary() -> str:
-    beside_python = Path(sys.executable).parent / "secantusd-py"
-    found = shutil.which("secantusd-py") or (str(beside_python) if beside_python.exists() else None)
+GUARD = Path(__file__).with_name("secantusd_guard.py")
+
+
+def find_command() -> list[str]:
+    """The command that runs secantusd: through secantusd_guard.py (which bounds how long it can
+    outlive this process) when secantusdb is installed in this interpreter, else secantusd-py."""
+    if importlib.util.find_spec("secantus") is not None:
+        return [sys.executable, str(GUARD), str(os.getpid()), str(GUARD_GRACE_SECONDS)]
+    found = shutil.which("secantusd-py")
     if found is None:
         raise EmbeddedMongoError(
             "MONGO_URL is unset and secantusd-py is not installed: pip install -e '.[platform]' "
             "(or make setup), or point MONGO_URL at a MongoDB server"
         )
-    return found
+    return [found]
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -87,7 +97,7 @@ class EmbeddedMongo:
         return f"mongodb://{self.host}:{self.port}/{self.database}"
 
     async def start(self) -> str:
-        binary = find_binary()
+        command = find_command()
         if self.storage != ":memory:":
             Path(self.storage).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
         # secantusd cannot take a bound socket: pick a port, and retry if another process took it
@@ -99,13 +109,14 @@ class EmbeddedMongo:
                 out = self.log_file.open("ab")
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    binary,
+                    *command,
                     *("--host", self.host, "--port", str(self.port)),
                     *("--storage-path", self.storage, "--log-level", "WARNING"),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
-                    # a platform killed with SIGKILL must not leave its MongoDB running
+                    # a platform killed with SIGKILL must not leave its MongoDB running: the
+                    # kernel asks it to stop, and the guard ends it if that stop hangs
                     preexec_fn=die_with_parent(),
                 )
             finally:
