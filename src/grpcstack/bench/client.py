@@ -7,9 +7,11 @@ and 100 calls in flight on one connection. Every client sends the same pre-encod
 and receives raw bytes (no message codec on either side), so the numbers are the clients' own
 cost. Every reply is checked against the first reply; the report prints per-round numbers, medians
 and the grpcstack/grpcio ratios (target: sequential p50 <= 1.0x, 100-in-flight req/s >= 1.0x).
-Each run also records the client's CPU per call (this process, grpcio's threads included) and the
-server process's CPU per call: at 100 in flight the server is the limit, so req/s follows the
-server's CPU per call and how much of the time the client keeps it busy.
+Each run also records the client's CPU per call (this process, grpcio's threads included), the
+server process's CPU per call and the share of the run the server sat idle (neither working nor
+waiting for a core): at 100 in flight the server is the limit, so req/s follows the server's CPU
+per call and how much of the time the client leaves it without work; both hold up better than
+req/s when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -128,9 +130,11 @@ async def _sequential(call: Call, n: int, expected: bytes) -> dict[str, float]:
 
 async def _throughput(
     call: Call, in_flight: int, total: int, expected: bytes, server: ServerProcess | None = None
-) -> tuple[float, float, float]:
-    """req/s, this process's CPU per call in us (the client's; grpcio's threads too) and the
-    server process's CPU per call in us (0 without ``server``)."""
+) -> dict[str, float]:
+    """req/s (``rps``), this process's CPU per call in us (``cpu_us``: the client's, grpcio's
+    threads too) and, with ``server``, the server process's CPU per call in us (``server_us``)
+    and the share of the run it sat idle, neither working nor waiting for a core
+    (``server_idle``: what the client left it without work)."""
     remaining = total
 
     async def worker() -> None:
@@ -141,13 +145,19 @@ async def _throughput(
                 raise RuntimeError("unexpected reply")
 
     server_start = server.cpu_seconds() if server is not None else 0.0
+    queued_start = server.runqueue_seconds() if server is not None else 0.0
     started = time.perf_counter()
     cpu_start = time.process_time()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     cpu = time.process_time() - cpu_start
-    rps = total / (time.perf_counter() - started)
-    server_cpu = server.cpu_seconds() - server_start if server is not None else 0.0
-    return rps, cpu / total * 1e6, server_cpu / total * 1e6
+    wall = time.perf_counter() - started
+    result = {"rps": total / wall, "cpu_us": cpu / total * 1e6}
+    if server is not None:
+        server_cpu = server.cpu_seconds() - server_start
+        queued = server.runqueue_seconds() - queued_start
+        result["server_us"] = server_cpu / total * 1e6
+        result["server_idle"] = max(0.0, wall - server_cpu - queued) / wall
+    return result
 
 
 async def _run(server: ServerProcess, opts: Options) -> dict[str, Any]:
@@ -167,12 +177,8 @@ async def _run(server: ServerProcess, opts: Options) -> dict[str, Any]:
                 call = clients[name][0]
                 result: dict[str, float] = await _sequential(call, opts.sequential, expected)
                 for n in IN_FLIGHT:
-                    rps, cpu_us, server_us = await _throughput(
-                        call, n, opts.requests, expected, server
-                    )
-                    result[f"rps_{n}"] = rps
-                    result[f"cpu_us_{n}"] = cpu_us
-                    result[f"server_us_{n}"] = server_us
+                    run = await _throughput(call, n, opts.requests, expected, server)
+                    result.update({f"{k}_{n}": v for k, v in run.items()})
                 row[name] = result
             rounds.append(row)
         profile = _profile(clients["grpcstack"][0], opts, expected) if opts.profile else None
@@ -267,7 +273,7 @@ def report(result: dict[str, Any]) -> str:
         f"and {result['requests_per_throughput_run']} calls per throughput run",
         f"{'round':>6} {'client':>10} {'cpu us':>7} {'p50 us':>8} {'p99 us':>8} "
         + " ".join(f"{'rps@' + str(n):>8}" for n in IN_FLIGHT)
-        + f" {'cpu@100':>8} {'srv@100':>8}",
+        + f" {'cpu@100':>8} {'srv@100':>8} {'idle@100':>8}",
     ]
 
     def row(label: str, name: str, r: dict[str, float]) -> str:
@@ -275,6 +281,7 @@ def report(result: dict[str, Any]) -> str:
             f"{label:>6} {name:>10} {r['cpu_us']:>7.0f} {r['p50_us']:>8.0f} {r['p99_us']:>8.0f} "
             + " ".join(f"{r[f'rps_{n}']:>8.0f}" for n in IN_FLIGHT)
             + f" {r['cpu_us_100']:>8.0f} {r['server_us_100']:>8.0f}"
+            + f" {r['server_idle_100']:>8.1%}"
         )
 
     for i, rnd in enumerate(result["rounds"], 1):
@@ -287,7 +294,9 @@ def report(result: dict[str, Any]) -> str:
         f"req/s at 100 in flight {result['ratio_rps100_vs_grpcio']:.3f}x (target >= 1.0); "
         f"client CPU per call: sequential {result['ratio_cpu_vs_grpcio']:.3f}x, "
         f"at 100 in flight {result['ratio_cpu100_vs_grpcio']:.3f}x; "
-        f"grpcstack/grpclib p50 {result['ratio_p50_vs_grpclib']:.3f}x"
+        f"grpcstack/grpclib p50 {result['ratio_p50_vs_grpclib']:.3f}x; server idle at 100 in "
+        f"flight: grpcstack {result['medians']['grpcstack']['server_idle_100']:.1%}, "
+        f"grpcio {result['medians']['grpcio']['server_idle_100']:.1%}"
     )
     if "profile" in result:
         lines.append(result["profile"])
