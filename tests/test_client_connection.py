@@ -118,10 +118,10 @@ async def test_a_slow_reader_of_a_stream_still_gets_every_message() -> None:
 
 
 async def test_a_burst_of_calls_goes_out_early_in_growing_writes() -> None:
-    """40 calls made in one loop turn: the first requests are written at once and the rest in
-    writes of 2, 4, 8 and at most 16 requests (the server starts on the first ones while the
-    client still makes the others), not as one write at the end of the turn; every call is
-    answered."""
+    """40 calls made in one loop turn with one call in flight before: written 8 at a time
+    (EARLY_FLUSH_MIN; half the calls in flight when more) as they are made, so the server starts
+    on the first ones while the client still makes the others, not in one write at the end of
+    the turn; every call is answered."""
     async with (
         echo_server() as server,
         Client(f"127.0.0.1:{server.port}", settings=client_settings()) as client,
@@ -146,9 +146,9 @@ async def test_a_burst_of_calls_goes_out_early_in_growing_writes() -> None:
         finally:
             transport.write = real_write
         assert [r.message for r in replies] == [f"m{i}" for i in range(40)]
-        # the first call has the connection to itself (written directly), then 1, 2, 4, 8, 16
-        # and the 8 left at the end of the turn
-        assert [n for n in requests_per_write if n] == [1, 1, 2, 4, 8, 16, 8]
+        # the first call has the connection to itself (written directly), then 8 at a time
+        # and the 7 left at the end of the turn
+        assert [n for n in requests_per_write if n] == [1, 8, 8, 8, 8, 7]
 
 
 def _headers_frames(data: bytes) -> int:
