@@ -24,6 +24,9 @@ def test_bench_client_compares_three_clients_on_one_server() -> None:
         medians = result["medians"][name]
         assert medians["p50_us"] > 0 and medians["cpu_us"] > 0
         assert all(medians[f"rps_{n}"] > 0 for n in client.IN_FLIGHT)
+        assert all(medians[f"cpu_us_{n}"] > 0 for n in client.IN_FLIGHT)
+        assert medians["server_us_100"] >= 0 and 0 <= medians["server_idle_100"] <= 1
     assert result["ratio_p50_vs_grpcio"] > 0
     text = client.report(result)
     assert "grpcstack/grpcio: sequential p50" in text
+    assert "server idle at 100 in flight" in text

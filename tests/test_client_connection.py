@@ -115,3 +115,47 @@ async def test_a_slow_reader_of_a_stream_still_gets_every_message() -> None:
                 await asyncio.sleep(0.2)  # the server fills the window meanwhile
             assert reply.message == text
         assert seen == list(range(20))
+
+
+async def test_a_burst_of_calls_goes_out_early_in_growing_writes() -> None:
+    """40 calls made in one loop turn with one call in flight before: written 8 at a time
+    (EARLY_FLUSH_MIN; half the calls in flight when more) as they are made, so the server starts
+    on the first ones while the client still makes the others, not in one write at the end of
+    the turn; every call is answered."""
+    async with (
+        echo_server() as server,
+        Client(f"127.0.0.1:{server.port}", settings=client_settings()) as client,
+    ):
+        stub = client.stub(EchoServiceStub)
+        assert (await stub.echo(EchoRequest(message="warm"))).message == "warm"
+        connection = client.pool.endpoints[0].connection
+        assert connection is not None
+        transport = connection.transport
+        real_write = transport.write
+        requests_per_write: list[int] = []
+
+        def recording_write(data: bytes) -> None:
+            requests_per_write.append(_headers_frames(data))
+            real_write(data)
+
+        transport.write = recording_write
+        try:
+            replies = await asyncio.gather(
+                *(stub.echo(EchoRequest(message=f"m{i}")) for i in range(40))
+            )
+        finally:
+            transport.write = real_write
+        assert [r.message for r in replies] == [f"m{i}" for i in range(40)]
+        # the first call has the connection to itself (written directly), then 8 at a time
+        # and the 7 left at the end of the turn
+        assert [n for n in requests_per_write if n] == [1, 8, 8, 8, 8, 7]
+
+
+def _headers_frames(data: bytes) -> int:
+    """HEADERS frames (one per request) in what the client wrote."""
+    count = pos = 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        count += data[pos + 3] == 0x1
+        pos += 9 + length
+    return count

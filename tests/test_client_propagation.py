@@ -1,5 +1,5 @@
-"""Deadline and correlation-id propagation across two real services: a front service whose
-handler calls an inner service through grpcstack.Client."""
+"""Deadline, correlation-id and (opt-in) identity propagation across two real services: a front
+service whose handler calls an inner service through grpcstack.Client."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ class Front(EchoServiceBase):
     def __init__(self, client: Client) -> None:
         self.client = client
         self.correlation_ids: list[str | None] = []
+        #: the inner call's own metadata
+        self.metadata: dict[str, str] | None = None
 
     async def echo(self, message: EchoRequest) -> EchoResponse:
         self.correlation_ids.append(current_correlation_id())
-        return await self.client.stub(EchoServiceStub).echo(message)
+        return await self.client.stub(EchoServiceStub).echo(message, metadata=self.metadata)
 
 
 class FrontServer(AsyncBaseServer):
@@ -124,3 +126,57 @@ async def test_propagation_can_be_switched_off() -> None:
     _, remaining, cid = inner.seen[0]
     assert remaining is None
     assert cid != "cid-2"
+
+
+def _identity(metadata: dict[str, Any]) -> tuple[Any, Any]:
+    return metadata.get("user-id"), metadata.get("authorization")
+
+
+async def test_identity_is_forwarded_when_the_client_says_so() -> None:
+    """GRPC_CLIENT_FORWARD_IDENTITY: the inner service sees the outer caller's user-id and
+    authorization (the front's own identity never mixed in); a caller without either leaves the
+    front's identity; metadata the front gives its call wins; outside a handler the client's own
+    identity goes."""
+    inner = MetadataRecorder(settings(GRPC_ENABLE_RATE_LIMITING=False))
+    async with running(inner):
+        front = FrontServer(
+            inner.port or 0,
+            GRPC_CLIENT_FORWARD_IDENTITY=True,
+            GRPC_CLIENT_USER_ID="front-svc",
+            GRPC_CLIENT_BEARER_TOKEN="front-token",
+        )
+        async with (
+            running(front),
+            Client(f"127.0.0.1:{front.port}", settings=client_settings()) as outer,
+        ):
+            stub = outer.stub(EchoServiceStub)
+            caller = {"user-id": "alice", "authorization": "Bearer alice-token"}
+            await stub.echo(EchoRequest(message="a"), timeout=5, metadata=caller)
+            await stub.echo(EchoRequest(message="b"), timeout=5, metadata={"user-id": "bob"})
+            await stub.echo(EchoRequest(message="c"), timeout=5)
+            front.front.metadata = {"user-id": "chosen"}
+            await stub.echo(EchoRequest(message="d"), timeout=5, metadata=caller)
+            # the front's client used outside any handler: its own identity
+            await front.client.stub(EchoServiceStub).echo(EchoRequest(message="e"))
+    assert [_identity(m) for m, _, _ in inner.seen] == [
+        ("alice", "Bearer alice-token"),
+        ("bob", None),
+        ("front-svc", "Bearer front-token"),
+        ("chosen", "Bearer alice-token"),
+        ("front-svc", "Bearer front-token"),
+    ]
+
+
+async def test_identity_is_not_forwarded_by_default() -> None:
+    inner = MetadataRecorder(settings(GRPC_ENABLE_RATE_LIMITING=False))
+    async with running(inner):
+        front = FrontServer(inner.port or 0, GRPC_CLIENT_USER_ID="front-svc")
+        async with (
+            running(front),
+            Client(f"127.0.0.1:{front.port}", settings=client_settings()) as outer,
+        ):
+            caller = {"user-id": "alice", "authorization": "Bearer alice-token"}
+            await outer.stub(EchoServiceStub).echo(
+                EchoRequest(message="a"), timeout=5, metadata=caller
+            )
+    assert [_identity(m) for m, _, _ in inner.seen] == [("front-svc", None)]

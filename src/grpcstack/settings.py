@@ -323,6 +323,9 @@ class ClientSettings(BaseSettings):
     # inside a handler: cap outgoing deadlines by the incoming call's, forward its correlation id
     GRPC_CLIENT_PROPAGATE_DEADLINE: bool = True
     GRPC_CLIENT_PROPAGATE_CORRELATION_ID: bool = True
+    # inside a handler: send the incoming call's user-id and authorization (the caller's identity)
+    # instead of GRPC_CLIENT_USER_ID / GRPC_CLIENT_BEARER_TOKEN; off: a service calls as itself
+    GRPC_CLIENT_FORWARD_IDENTITY: bool = False
     # OpenTelemetry CLIENT spans: auto = on when an OTEL_* exporter is set (as GRPC_TRACING)
     GRPC_CLIENT_TRACING: Literal["auto", "on", "off"] = "auto"
 

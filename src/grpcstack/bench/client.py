@@ -7,6 +7,11 @@ and 100 calls in flight on one connection. Every client sends the same pre-encod
 and receives raw bytes (no message codec on either side), so the numbers are the clients' own
 cost. Every reply is checked against the first reply; the report prints per-round numbers, medians
 and the grpcstack/grpcio ratios (target: sequential p50 <= 1.0x, 100-in-flight req/s >= 1.0x).
+Each run also records the client's CPU per call (this process, grpcio's threads included), the
+server process's CPU per call and the share of the run the server sat idle (neither working nor
+waiting for a core): at 100 in flight the server is the limit, so req/s follows the server's CPU
+per call and how much of the time the client leaves it without work; both hold up better than
+req/s when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -123,7 +128,13 @@ async def _sequential(call: Call, n: int, expected: bytes) -> dict[str, float]:
     }
 
 
-async def _throughput(call: Call, in_flight: int, total: int, expected: bytes) -> float:
+async def _throughput(
+    call: Call, in_flight: int, total: int, expected: bytes, server: ServerProcess | None = None
+) -> dict[str, float]:
+    """req/s (``rps``), this process's CPU per call in us (``cpu_us``: the client's, grpcio's
+    threads too) and, with ``server``, the server process's CPU per call in us (``server_us``)
+    and the share of the run it sat idle, neither working nor waiting for a core
+    (``server_idle``: what the client left it without work)."""
     remaining = total
 
     async def worker() -> None:
@@ -133,12 +144,24 @@ async def _throughput(call: Call, in_flight: int, total: int, expected: bytes) -
             if await call() != expected:
                 raise RuntimeError("unexpected reply")
 
+    server_start = server.cpu_seconds() if server is not None else 0.0
+    queued_start = server.runqueue_seconds() if server is not None else 0.0
     started = time.perf_counter()
+    cpu_start = time.process_time()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return total / (time.perf_counter() - started)
+    cpu = time.process_time() - cpu_start
+    wall = time.perf_counter() - started
+    result = {"rps": total / wall, "cpu_us": cpu / total * 1e6}
+    if server is not None:
+        server_cpu = server.cpu_seconds() - server_start
+        queued = server.runqueue_seconds() - queued_start
+        result["server_us"] = server_cpu / total * 1e6
+        result["server_idle"] = max(0.0, wall - server_cpu - queued) / wall
+    return result
 
 
-async def _run(port: int, opts: Options) -> dict[str, Any]:
+async def _run(server: ServerProcess, opts: Options) -> dict[str, Any]:
+    port = server.port
     clients: dict[str, tuple[Call, Callable[[], Any]]] = {}
     for name in CLIENTS:
         clients[name] = await FACTORIES[name](port, opts)
@@ -154,7 +177,8 @@ async def _run(port: int, opts: Options) -> dict[str, Any]:
                 call = clients[name][0]
                 result: dict[str, float] = await _sequential(call, opts.sequential, expected)
                 for n in IN_FLIGHT:
-                    result[f"rps_{n}"] = await _throughput(call, n, opts.requests, expected)
+                    run = await _throughput(call, n, opts.requests, expected, server)
+                    result.update({f"{k}_{n}": v for k, v in run.items()})
                 row[name] = result
             rounds.append(row)
         profile = _profile(clients["grpcstack"][0], opts, expected) if opts.profile else None
@@ -202,11 +226,13 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ratio_p50 = [r["grpcstack"]["p50_us"] / r["grpcio"]["p50_us"] for r in rounds]
     ratio_100 = [r["grpcstack"]["rps_100"] / r["grpcio"]["rps_100"] for r in rounds]
     ratio_cpu = [r["grpcstack"]["cpu_us"] / r["grpcio"]["cpu_us"] for r in rounds]
+    ratio_cpu_100 = [r["grpcstack"]["cpu_us_100"] / r["grpcio"]["cpu_us_100"] for r in rounds]
     return {
         "medians": medians,
         "ratio_p50_vs_grpcio": statistics.median(ratio_p50),
         "ratio_rps100_vs_grpcio": statistics.median(ratio_100),
         "ratio_cpu_vs_grpcio": statistics.median(ratio_cpu),
+        "ratio_cpu100_vs_grpcio": statistics.median(ratio_cpu_100),
         "ratio_p50_vs_grpclib": statistics.median(
             r["grpcstack"]["p50_us"] / r["grpclib"]["p50_us"] for r in rounds
         ),
@@ -231,8 +257,8 @@ def run(opts: Options) -> dict[str, Any]:
         if opts.uvloop:
             import uvloop
 
-            return uvloop.run(_run(server.port, opts))  # type: ignore[no-any-return]
-        return asyncio.run(_run(server.port, opts))
+            return uvloop.run(_run(server, opts))  # type: ignore[no-any-return]
+        return asyncio.run(_run(server, opts))
     finally:
         server.stop()
         if affinity is not None:
@@ -246,13 +272,16 @@ def report(result: dict[str, Any]) -> str:
         f"{result['sequential_calls']} sequential calls "
         f"and {result['requests_per_throughput_run']} calls per throughput run",
         f"{'round':>6} {'client':>10} {'cpu us':>7} {'p50 us':>8} {'p99 us':>8} "
-        + " ".join(f"{'rps@' + str(n):>8}" for n in IN_FLIGHT),
+        + " ".join(f"{'rps@' + str(n):>8}" for n in IN_FLIGHT)
+        + f" {'cpu@100':>8} {'srv@100':>8} {'idle@100':>8}",
     ]
 
     def row(label: str, name: str, r: dict[str, float]) -> str:
         return (
             f"{label:>6} {name:>10} {r['cpu_us']:>7.0f} {r['p50_us']:>8.0f} {r['p99_us']:>8.0f} "
             + " ".join(f"{r[f'rps_{n}']:>8.0f}" for n in IN_FLIGHT)
+            + f" {r['cpu_us_100']:>8.0f} {r['server_us_100']:>8.0f}"
+            + f" {r['server_idle_100']:>8.1%}"
         )
 
     for i, rnd in enumerate(result["rounds"], 1):
@@ -263,8 +292,11 @@ def report(result: dict[str, Any]) -> str:
     lines.append(
         f"grpcstack/grpcio: sequential p50 {result['ratio_p50_vs_grpcio']:.3f}x (target <= 1.0), "
         f"req/s at 100 in flight {result['ratio_rps100_vs_grpcio']:.3f}x (target >= 1.0); "
-        f"client CPU per sequential call {result['ratio_cpu_vs_grpcio']:.3f}x; "
-        f"grpcstack/grpclib p50 {result['ratio_p50_vs_grpclib']:.3f}x"
+        f"client CPU per call: sequential {result['ratio_cpu_vs_grpcio']:.3f}x, "
+        f"at 100 in flight {result['ratio_cpu100_vs_grpcio']:.3f}x; "
+        f"grpcstack/grpclib p50 {result['ratio_p50_vs_grpclib']:.3f}x; server idle at 100 in "
+        f"flight: grpcstack {result['medians']['grpcstack']['server_idle_100']:.1%}, "
+        f"grpcio {result['medians']['grpcio']['server_idle_100']:.1%}"
     )
     if "profile" in result:
         lines.append(result["profile"])

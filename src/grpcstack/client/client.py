@@ -7,7 +7,8 @@
         reply = await echo.echo(EchoRequest(message="hi"), timeout=2)
 
 Connections open lazily (one per target, shared by every call), retries follow gRFC A6, and a
-call made while serving a call inherits its deadline and correlation id (see propagation.py).
+call made while serving a call inherits its deadline and correlation id, and with
+GRPC_CLIENT_FORWARD_IDENTITY its caller's user-id and authorization (see propagation.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .channel import Endpoint, Pool, client_ssl_context
 from .config import HedgingPolicy, MethodConfig
 from .metrics import ClientMetrics
 from .middleware import ClientCallInfo, ClientMiddleware
-from .propagation import inherit
+from .propagation import forward_identity, inherit
 from .retry import RetryPolicy, RetryThrottle
 from .spec import MethodSpec
 
@@ -226,9 +227,11 @@ class Client:
         if deadline is not None:
             d = loop_now + deadline.time_remaining()
             end = d if end is None else min(end, d)
-        headers = list(self._static_metadata)
-        if metadata:
-            headers += encode_metadata(metadata)
+        given = encode_metadata(metadata) if metadata else []
+        if s.GRPC_CLIENT_FORWARD_IDENTITY:
+            headers = forward_identity(self._static_metadata, given) + given
+        else:
+            headers = self._static_metadata + given
         end = inherit(
             headers,
             end,

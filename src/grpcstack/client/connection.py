@@ -2,9 +2,9 @@
 
 h2 + hyperframe + grpclib's stream machinery were ~60% of the client's CPU per call (frame objects,
 state machines, open-stream scans, events, several awaits per call). This speaks the frames
-directly: a unary call is one transport write (HEADERS + DATA, batched with the other calls of
-the same loop turn) and one await (its response usually arrives in one read). HPACK stays with
-the hpack library (request prefix and repeated response blocks cached, see _compat).
+directly: a unary call is one transport write (HEADERS + DATA, batched with other calls of the
+same loop turn, see write_soon) and one await (its response usually arrives in one read). HPACK
+stays with the hpack library (request prefix and repeated response blocks cached, see _compat).
 
 Covered: preface and SETTINGS, HEADERS/CONTINUATION, DATA with flow control both ways,
 WINDOW_UPDATE, PING (acks, keepalive), RST_STREAM, GOAWAY (streams over its last id are refused:
@@ -49,6 +49,9 @@ from .frames import (
 )
 from .stream import Stream
 
+#: write_soon sends queued requests early once at least this many wait (see there)
+EARLY_FLUSH_MIN = 8
+
 
 class ClientConnection(asyncio.Protocol):
     """One HTTP/2 connection to a server, shared by every call to that target."""
@@ -90,6 +93,8 @@ class ClientConnection(asyncio.Protocol):
         self.slot_waiters: list[Stream] = []
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._early_at = EARLY_FLUSH_MIN  # write_soon: queued requests that trigger a write
+        self._open_at_read = 0  # streams open when the last read came in
         self._in = b""
         self._continued: tuple[int, int, list[bytes]] | None = None
         self.lost = self.loop.create_future()
@@ -125,6 +130,7 @@ class ClientConnection(asyncio.Protocol):
         self._wake(self.write_waiters)
 
     def data_received(self, data: bytes) -> None:
+        self._open_at_read = len(self.streams)
         buf = self._in + data if self._in else data
         size = len(buf)
         pos = 0
@@ -304,18 +310,35 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def write_soon(self, data: bytes) -> None:
-        self._out.append(data)
+        """Send with the flush at the end of this loop turn, or as soon as half as many requests
+        as were in flight at the last read (at least EARLY_FLUSH_MIN) are waiting.
+
+        A read that completes a whole burst of calls wakes their tasks, whose next calls all
+        come out in the following turn. Sent in one write, the server sat idle while the client
+        made them (~10% of its time at 100 in flight: client and server took turns). Sent in two
+        halves, the server works on the first while the client makes the second, and the two
+        batches then stay out of step; written in smaller pieces (1, 2, 4, ...) the server idled
+        as little but read and wrote more often, which cost it more per call."""
+        out = self._out
+        out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            self._early_at = max(EARLY_FLUSH_MIN, self._open_at_read // 2)
             self.loop.call_soon(self.flush)
+        if len(out) >= self._early_at:
+            self._send_out()
 
     def flush(self) -> None:
         self._flush_scheduled = False
         if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            if not self.closed and not self.transport.is_closing():
-                self.transport.write(data)
+            self._send_out()
+
+    def _send_out(self) -> None:
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if not self.closed and not self.transport.is_closing():
+            self.transport.write(data)
 
     # --- streams --------------------------------------------------------------------------
 
@@ -375,7 +398,7 @@ class ClientConnection(asyncio.Protocol):
             stream.local_closed = True
         payload = b"".join(out)
         if len(self.streams) > 1:
-            self.write_soon(payload)  # other calls in flight: one write for this loop turn
+            self.write_soon(payload)  # other calls in flight: batched with this turn's others
         else:
             self.write(payload)
         if pending is not None:

@@ -4,13 +4,18 @@
   services never works past its first caller's deadline (an expired one fails at once with
   DEADLINE_EXCEEDED, nothing is sent);
 * correlation id: forwarded as ``x-correlation-id`` unless the caller set one;
-* identity: the client's own ``user-id`` / bearer token, when configured, on every call (added by
-  the Client, not inherited: a service calls as itself).
+* identity: by default the client's own ``user-id`` / bearer token, when configured, on every
+  call (a service calls as itself). With GRPC_CLIENT_FORWARD_IDENTITY the served call's
+  ``user-id`` and ``authorization`` go instead when it has either (a service calls on behalf of
+  its caller); metadata given to the call itself still wins.
 """
 
 from __future__ import annotations
 
 from ..context import CORRELATION_ID_KEY, current_call
+
+#: the metadata that says who calls, forwarded by GRPC_CLIENT_FORWARD_IDENTITY
+IDENTITY_KEYS = ("user-id", "authorization")
 
 
 def inherit(
@@ -33,3 +38,25 @@ def inherit(
     if correlation_id and cid is not None and all(k != CORRELATION_ID_KEY for k, _ in headers):
         headers.append((CORRELATION_ID_KEY, cid))
     return end
+
+
+def forward_identity(
+    static: list[tuple[str, str]], given: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """``static`` (the client's own metadata) with the served call's ``user-id`` and
+    ``authorization`` in place of the client's identity, except a key in ``given`` (the call's
+    own metadata, which wins); ``static`` itself outside a call or when the served call has
+    neither. The client's identity goes as a whole: a caller's user-id never travels with the
+    service's own token."""
+    served = current_call()
+    if served is None:
+        return static
+    metadata = served.metadata
+    forwarded: list[tuple[str, str]] = []
+    for key in IDENTITY_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, str) and all(k != key for k, _ in given):
+            forwarded.append((key, value))
+    if not forwarded:
+        return static
+    return [h for h in static if h[0] not in IDENTITY_KEYS] + forwarded

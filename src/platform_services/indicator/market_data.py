@@ -2,10 +2,11 @@
 
 This module is the only place the indicator service talks to another service. The Client gives
 the call the caller's remaining deadline (capped by INDICATOR_CALL_TIMEOUT_SECONDS, which also
-applies when the caller has none) and its correlation id (README "Client", propagation); this
-module adds the caller's identity (user-id / authorization metadata), so the market data side
-logs, limits and authorises it as the original caller's call. GRPC_CLIENT_* settings (retries,
-connect timeout, TLS, ...) apply; the client's own identity settings do not.
+applies when the caller has none), its correlation id and, with GRPC_CLIENT_FORWARD_IDENTITY
+turned on here, the caller's identity (user-id / authorization metadata; README "Client",
+propagation), so the market data side logs, limits and authorises it as the original caller's
+call. GRPC_CLIENT_* settings (retries, connect timeout, TLS, ...) apply; the client's own identity
+settings do not.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from gen.marketdata.v1 import Bar, GetBarsRequest, MarketDataServiceStub
 from grpcstack.client import Client, MethodConfig
-from grpcstack.context import current_call
 from grpcstack.settings import ClientSettings
 
 SERVICE = "marketdata.v1.MarketDataService"
-FORWARDED = ("user-id", "authorization")
 
 
 class MarketDataClient:
@@ -47,8 +46,14 @@ class MarketDataClient:
     def client(self) -> Client:
         if self._client is None:
             s = self._settings if self._settings is not None else ClientSettings.load()
-            # the call is made as the caller (FORWARDED), never as a configured identity
-            s = s.model_copy(update={"GRPC_CLIENT_USER_ID": None, "GRPC_CLIENT_BEARER_TOKEN": None})
+            # the call is made as the caller, never as a configured identity
+            s = s.model_copy(
+                update={
+                    "GRPC_CLIENT_FORWARD_IDENTITY": True,
+                    "GRPC_CLIENT_USER_ID": None,
+                    "GRPC_CLIENT_BEARER_TOKEN": None,
+                }
+            )
             self._client = Client(
                 [self._target()],
                 settings=s,
@@ -63,17 +68,10 @@ class MarketDataClient:
             self._client = None
 
     async def get_bars(self, symbol: str, start: int, end: int, interval: str) -> list[Bar]:
-        metadata: dict[str, str] = {}
-        call = current_call()
-        if call is not None:
-            for key in FORWARDED:
-                value = call.metadata.get(key)
-                if isinstance(value, str):
-                    metadata[key] = value
         request = GetBarsRequest(symbol=symbol, start=start, end=end, interval=interval)
         stub = self.client.stub(MarketDataServiceStub)
         try:
-            return [bar async for bar in stub.get_bars(request, metadata=metadata)]
+            return [bar async for bar in stub.get_bars(request)]
         except GRPCError as err:
             if err.status in (Status.NOT_FOUND, Status.INVALID_ARGUMENT):
                 raise  # the caller's own mistake, with the field it names
