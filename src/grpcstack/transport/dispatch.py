@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import Deadline, decode_metadata, encode_grpc_message
-from grpclib.utils import DeadlineWrapper, Wrapper
+from grpclib.metadata import Deadline, encode_grpc_message
+from grpclib.utils import Wrapper
 from h2.errors import ErrorCodes
+from multidict import MultiDict
 
 from .._compat import ServerHandlerBase
 from ..compression import ACCEPT_ENCODING, IDENTITY, SUPPORTED, accepts_gzip
 from ..context import CallContext, set_current
+from .head import RequestHead
 from .policy import Dispatcher, MessageRoom
 from .stream import LimitedStream
 
@@ -51,13 +53,13 @@ class StackHandler(ServerHandlerBase):
     def accept(
         self,
         stream: protocol.Stream,
-        headers: _Headers,
+        head: RequestHead,
         release_stream: Callable[[], Any],
     ) -> None:
         # no grpclib GC step (a sweep of the task table every 10 calls): the stream's release
         # drops its task, and a cancelled task leaves its set when done
         task = self.loop.create_task(
-            handle_request(self.server, self.protocol, stream, headers, release_stream)
+            handle_request(self.server, self.protocol, stream, head, release_stream)
         )
         self.tasks[stream] = task
         self.server.track(task)
@@ -77,6 +79,37 @@ class StackHandler(ServerHandlerBase):
             task.add_done_callback(cancelled.discard)
         else:
             stream._grpcstack_reset_early = True  # type: ignore[attr-defined]
+
+
+class _CallWrapper(Wrapper):
+    """grpclib's Wrapper for the one task a call runs in (grpclib cancels a call through its
+    stream's wrapper on reset or lost connection, our deadline timer too). grpclib's looks the
+    current task up on every enter and exit and keeps a set of them; the call's task is known."""
+
+    _error: Exception | None = None
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self._task = task
+        self._inside = False
+
+    def __enter__(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._task is None:
+            raise RuntimeError("Called not inside a task")
+        self._inside = True
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        self._inside = False
+        if self._error is not None:
+            self.cancel_failed = exc_type is not asyncio.CancelledError
+            raise self._error
+
+    def cancel(self, error: Exception) -> None:
+        self._error = error
+        if self._inside and self._task is not None:
+            self._task.cancel()
+        self.cancelled = True
 
 
 class _DeadlineTimer:
@@ -131,7 +164,7 @@ async def handle_request(
     server: Dispatcher,
     conn: MessageRoom,
     h2_stream: protocol.Stream,
-    headers: _Headers,
+    head: RequestHead,
     release_stream: Callable[[], Any],
 ) -> None:
     call: CallContext | None = None
@@ -139,7 +172,7 @@ async def handle_request(
     try:
         if getattr(h2_stream, "_grpcstack_reset_early", False):
             return  # reset before this task ran: nothing of the call has happened
-        headers_map = dict(headers)
+        headers_map = head.map
         if headers_map.get(":method") != "POST":
             await _abort_http(h2_stream, 405, "Method not allowed")
             return
@@ -154,10 +187,11 @@ async def handle_request(
             await _abort(h2_stream, Status.UNIMPLEMENTED, f"Method not found: {method_name}")
             return
         try:
-            deadline = Deadline.from_headers(headers)
+            timeout = head.timeout()
         except ValueError:
             await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
             return
+        deadline = None if timeout is None else Deadline.from_timeout(timeout)
         encoding = headers_map.get("grpc-encoding", IDENTITY)
         if encoding not in SUPPORTED:
             await _abort(
@@ -168,7 +202,7 @@ async def handle_request(
             )
             return
         try:
-            metadata = decode_metadata(headers)
+            metadata = MultiDict(head.metadata())
         except (binascii.Error, ValueError):
             await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid base64 in binary metadata")
             return
@@ -205,13 +239,12 @@ async def handle_request(
             # the handler does not, and the answer is DEADLINE_EXCEEDED
             remaining = 0.0 if deadline is None else deadline.time_remaining()
             expired = deadline is not None and remaining <= 0
+            wrapper = h2_stream.wrapper = _CallWrapper(asyncio.current_task())
             if deadline is None or expired:
-                wrapper = h2_stream.wrapper = Wrapper()
                 deadline_ctx: Any = nullcontext()
             else:
-                wrapper = h2_stream.wrapper = DeadlineWrapper()
-                # not DeadlineWrapper.start(): it re-reads the clock and raises at entry when
-                # the deadline passed since our check, before any hook could count the call
+                # not grpclib's DeadlineWrapper.start(): it re-reads the clock and raises at
+                # entry when the deadline passed since our check, before any hook counted the call
                 deadline_ctx = _DeadlineTimer(wrapper, remaining)
             try:
                 with deadline_ctx, wrapper:

@@ -13,7 +13,7 @@ from grpclib.exceptions import GRPCError, ProtocolError
 from grpclib.metadata import encode_metadata
 from multidict import MultiDict
 
-from .._compat import ServerStreamBase, buffered_bytes
+from .._compat import ServerStreamBase, read_buffered
 from ..codec import DecodeError
 from ..compression import (
     ACCEPT_ENCODING,
@@ -52,7 +52,10 @@ class LimitedStream(ServerStreamBase):
     async def recv_message(self) -> Any:
         h2_stream = self.h2_stream
         try:
-            meta = await h2_stream.recv_data(5)
+            # a unary request is usually all here: read it without a suspension
+            meta = read_buffered(h2_stream, 5)
+            if meta is None:
+                meta = await h2_stream.recv_data(5)
         except AssertionError:  # grpclib's Buffer: the stream ended inside the prefix
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix") from None
         if not meta:
@@ -104,10 +107,8 @@ class LimitedStream(ServerStreamBase):
         """The body, within the connection's room for half-received messages and the body
         timeout; a body that ends early is INVALID_ARGUMENT, never a traceback."""
         h2_stream = self.h2_stream
-        if buffered_bytes(h2_stream) >= length:  # all here (a unary request, usually): no wait
-            data = await h2_stream.recv_data(length)
-            if len(data) != length:
-                raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
+        data = read_buffered(h2_stream, length)
+        if data is not None:  # all here (a unary request, usually): no wait
             return data
         conn = self.conn
         room = conn.reserve(length)
