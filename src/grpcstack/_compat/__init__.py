@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from .grpclib_server import (
     GRPCLIB_VERSION,
+    STATUS_DETAILS_KEY,
     ServerBase,
     ServerHandlerBase,
     ServerStreamBase,
     drop_buffered,
     read_buffered,
+    send_data_now,
+    send_headers_now,
     server_dispatch,
     set_nodelay,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "HYPERFRAME_VERSION",
     "LEAN_FRAMES",
     "LEAN_FRAMES_H2_VERSIONS",
+    "STATUS_DETAILS_KEY",
     "CachedHeaderDecoder",
     "CappedDecoder",
     "ClientHeaderEncoder",
@@ -61,6 +65,8 @@ __all__ = [
     "lazy_frame_repr",
     "lift_inbound_stream_limit",
     "read_buffered",
+    "send_data_now",
+    "send_headers_now",
     "server_dispatch",
     "set_nodelay",
 ]

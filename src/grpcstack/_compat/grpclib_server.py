@@ -6,13 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import grpclib.events
+import grpclib.metadata
 import grpclib.protocol
 import grpclib.server
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata
+from h2.exceptions import StreamClosedError
 
 GRPCLIB_VERSION = "0.4.9"
 
 set_nodelay = grpclib.protocol._set_nodelay
+#: the trailer that carries rich error details (grpclib's name for it)
+STATUS_DETAILS_KEY: str = grpclib.metadata._STATUS_DETAILS_KEY
 
 
 def drop_buffered(stream: grpclib.protocol.Stream) -> None:
@@ -89,6 +93,42 @@ def read_buffered(stream: grpclib.protocol.Stream, size: int) -> bytes | None:
             taken = size
     buffer._acked_size = acked_size - size
     return b"".join(chunks)
+
+
+def send_headers_now(stream: grpclib.protocol.Stream, headers: Any, end_stream: bool) -> bool:
+    """grpclib's ``Stream.send_headers`` without its coroutine when the transport takes writes
+    (the same checks, h2 call, write and bookkeeping); False when it must wait: then await
+    ``stream.send_headers``."""
+    connection = stream.connection
+    if not connection.write_ready.is_set():
+        return False
+    h2_conn = stream._h2_connection
+    if stream.id not in h2_conn.streams:
+        raise StreamClosedError(stream.id)
+    h2_conn.send_headers(stream.id, headers, end_stream=end_stream)
+    stream._transport.write(h2_conn.data_to_send())
+    connection.headers_send_process()
+    return True
+
+
+def send_data_now(stream: grpclib.protocol.Stream, data: bytes, end_stream: bool = False) -> bool:
+    """grpclib's ``Stream.send_data`` without its coroutine for data that goes in one frame
+    within the flow-control window now; False otherwise: then await ``stream.send_data``."""
+    connection = stream.connection
+    size = len(data)
+    if not size or not connection.write_ready.is_set():
+        return False
+    h2_conn = stream._h2_connection
+    if size > h2_conn.local_flow_control_window(stream.id):
+        return False
+    if size > h2_conn.max_outbound_frame_size:
+        return False
+    h2_conn.send_data(stream.id, data, end_stream=end_stream)
+    stream._transport.write(h2_conn.data_to_send())
+    stream.data_sent += size
+    connection.data_sent += size
+    connection.data_send_process()
+    return True
 
 
 _set = object.__setattr__
@@ -203,6 +243,17 @@ class ServerStreamBase(grpclib.server.Stream):  # type: ignore[type-arg]
     @property
     def message_sent(self) -> bool:
         return self._send_message_done  # type: ignore[no-any-return]
+
+    @property
+    def trailing_metadata_sent(self) -> bool:
+        return self._send_trailing_metadata_done  # type: ignore[no-any-return]
+
+    @property
+    def status_details_codec(self) -> Any:
+        return self._status_details_codec
+
+    def note_trailing_metadata_sent(self) -> None:
+        self._send_trailing_metadata_done = True
 
     def note_initial_metadata_sent(self) -> None:
         self._send_initial_metadata_done = True

@@ -10,10 +10,16 @@ from typing import Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError
-from grpclib.metadata import encode_metadata
+from grpclib.metadata import encode_bin_value, encode_grpc_message, encode_metadata
 from multidict import MultiDict
 
-from .._compat import ServerStreamBase, read_buffered
+from .._compat import (
+    STATUS_DETAILS_KEY,
+    ServerStreamBase,
+    read_buffered,
+    send_data_now,
+    send_headers_now,
+)
 from ..codec import DecodeError
 from ..compression import (
     ACCEPT_ENCODING,
@@ -140,8 +146,11 @@ class LimitedStream(ServerStreamBase):
         if self.compression_aware:
             headers.append(("grpc-accept-encoding", ACCEPT_ENCODING))
         (md,) = await self.events.send_initial_metadata(MultiDict(metadata or ()))
-        headers.extend(encode_metadata(md))
-        await self.h2_stream.send_headers(headers)
+        if md:
+            headers.extend(encode_metadata(md))
+        h2_stream = self.h2_stream
+        if not send_headers_now(h2_stream, headers, False):
+            await h2_stream.send_headers(headers)
         self.note_initial_metadata_sent()
 
     async def send_message(self, message: Any) -> None:
@@ -170,7 +179,9 @@ class LimitedStream(ServerStreamBase):
             if compress:
                 data = gzip_compress(data)
         h2_stream = self.h2_stream
-        await h2_stream.send_data(_PREFIX.pack(compress, len(data)) + data)
+        framed = _PREFIX.pack(compress, len(data)) + data
+        if not send_data_now(h2_stream, framed):
+            await h2_stream.send_data(framed)
         self.note_message_sent()
         connection = h2_stream.connection
         connection.messages_sent += 1
@@ -178,3 +189,48 @@ class LimitedStream(ServerStreamBase):
         counter = self.call.msg_sent
         if counter is not None:
             counter.inc()
+
+    async def send_trailing_metadata(
+        self,
+        *,
+        status: Status = Status.OK,
+        status_message: str | None = None,
+        status_details: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        """grpclib's (same checks, headers, event and reset), writing without a suspension when
+        the transport takes writes."""
+        if self.trailing_metadata_sent:
+            raise ProtocolError("Trailing metadata was already sent")
+        if not self.server_streaming and not self.message_sent and status is Status.OK:
+            raise ProtocolError(
+                "Unary response with OK status requires a single message to be sent"
+            )
+        if self.initial_metadata_sent:
+            headers: list[tuple[str, str]] = []
+        else:  # trailers-only response
+            headers = [(":status", "200"), ("content-type", self.content_type)]
+        headers.append(("grpc-status", _STATUS_TEXT[status]))
+        if status_message is not None:
+            headers.append(("grpc-message", encode_grpc_message(status_message)))
+        details_codec = self.status_details_codec
+        if status_details is not None and details_codec is not None:
+            encoded = details_codec.encode(status, status_message, status_details)
+            headers.append((STATUS_DETAILS_KEY, encode_bin_value(encoded).decode("ascii")))
+        (md,) = await self.events.send_trailing_metadata(
+            MultiDict(metadata or ()),
+            status=status,
+            status_message=status_message,
+            status_details=status_details,
+        )
+        if md:
+            headers.extend(encode_metadata(md))
+        h2_stream = self.h2_stream
+        if not send_headers_now(h2_stream, headers, True):
+            await h2_stream.send_headers(headers, end_stream=True)
+        self.note_trailing_metadata_sent()
+        if status != Status.OK and h2_stream.closable:
+            h2_stream.reset_nowait()
+
+
+_STATUS_TEXT = {status: str(status.value) for status in Status}
