@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from .grpclib_server import (
     GRPCLIB_VERSION,
+    METADATA_VALUE_RE,
     STATUS_DETAILS_KEY,
     ServerBase,
+    ServerH2Stream,
     ServerHandlerBase,
     ServerStreamBase,
     drop_buffered,
@@ -49,6 +51,7 @@ __all__ = [
     "HYPERFRAME_VERSION",
     "LEAN_FRAMES",
     "LEAN_FRAMES_H2_VERSIONS",
+    "METADATA_VALUE_RE",
     "STATUS_DETAILS_KEY",
     "CachedHeaderDecoder",
     "CappedDecoder",
@@ -56,6 +59,7 @@ __all__ = [
     "CountingTable",
     "ServerBase",
     "ServerH2Connection",
+    "ServerH2Stream",
     "ServerHandlerBase",
     "ServerStreamBase",
     "StackEncoder",

@@ -3,6 +3,7 @@ names, and the request body buffer read without a suspension when the bytes are 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpclib.events
@@ -17,6 +18,8 @@ GRPCLIB_VERSION = "0.4.9"
 set_nodelay = grpclib.protocol._set_nodelay
 #: the trailer that carries rich error details (grpclib's name for it)
 STATUS_DETAILS_KEY: str = grpclib.metadata._STATUS_DETAILS_KEY
+#: what grpclib's encode_metadata accepts as a (non-binary) metadata value
+METADATA_VALUE_RE = grpclib.metadata._VALUE_RE
 
 
 def drop_buffered(stream: grpclib.protocol.Stream) -> None:
@@ -93,6 +96,31 @@ def read_buffered(stream: grpclib.protocol.Stream, size: int) -> bytes | None:
             taken = size
     buffer._acked_size = acked_size - size
     return b"".join(chunks)
+
+
+_LAZY_EVENTS = frozenset({"window_updated", "headers_received", "trailers_received"})
+
+
+class ServerH2Stream(grpclib.protocol.Stream):
+    """grpclib's protocol Stream for a stream the peer opened (what ``Connection.create_stream``
+    makes), with its three asyncio Events made when first used: a server call rarely waits for
+    a window update and never for response headers or trailers."""
+
+    def __init__(self, connection: grpclib.protocol.Connection, stream_id: int) -> None:
+        self.connection = connection
+        self._h2_connection = connection._connection
+        self._transport = connection._transport
+        self.wrapper = None
+        self.init_stream(stream_id, connection)
+        self.headers = None
+        self.trailers = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _LAZY_EVENTS:
+            event = asyncio.Event()
+            setattr(self, name, event)
+            return event
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def send_headers_now(stream: grpclib.protocol.Stream, headers: Any, end_stream: bool) -> bool:

@@ -41,6 +41,7 @@ from hyperframe.frame import GoAwayFrame, PingFrame
 from .._compat import (
     CappedDecoder,
     ServerH2Connection,
+    ServerH2Stream,
     StackEncoder,
     drop_buffered,
     lift_inbound_stream_limit,
@@ -370,7 +371,7 @@ class StackProtocol(asyncio.Protocol):
                 "header_list_size",
             )
             return
-        stream = self.connection.create_stream(stream_id=sid)
+        stream = ServerH2Stream(self.connection, sid)
         release = processor.register(stream)
         self.handler.accept(stream, head, self._releaser(release, stream))
 

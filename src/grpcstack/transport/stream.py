@@ -14,6 +14,7 @@ from grpclib.metadata import encode_bin_value, encode_grpc_message, encode_metad
 from multidict import MultiDict
 
 from .._compat import (
+    METADATA_VALUE_RE,
     STATUS_DETAILS_KEY,
     ServerStreamBase,
     read_buffered,
@@ -147,7 +148,7 @@ class LimitedStream(ServerStreamBase):
             headers.append(("grpc-accept-encoding", ACCEPT_ENCODING))
         (md,) = await self.events.send_initial_metadata(MultiDict(metadata or ()))
         if md:
-            headers.extend(encode_metadata(md))
+            headers.extend(_encode_metadata(md))
         h2_stream = self.h2_stream
         if not send_headers_now(h2_stream, headers, False):
             await h2_stream.send_headers(headers)
@@ -224,7 +225,7 @@ class LimitedStream(ServerStreamBase):
             status_details=status_details,
         )
         if md:
-            headers.extend(encode_metadata(md))
+            headers.extend(_encode_metadata(md))
         h2_stream = self.h2_stream
         if not send_headers_now(h2_stream, headers, True):
             await h2_stream.send_headers(headers, end_stream=True)
@@ -234,3 +235,24 @@ class LimitedStream(ServerStreamBase):
 
 
 _STATUS_TEXT = {status: str(status.value) for status in Status}
+
+#: metadata keys grpclib's encode_metadata accepted (valid, not binary): checked once
+_KNOWN_KEYS: set[str] = set()
+
+
+def _encode_metadata(md: Any) -> list[tuple[str, str]]:
+    """grpclib's ``encode_metadata`` (same headers, same errors) without checking a key again
+    once it passed; values are checked every time."""
+    if type(md) is MultiDict:
+        out = []
+        fullmatch = METADATA_VALUE_RE.fullmatch
+        for key, value in md.items():
+            if key not in _KNOWN_KEYS or type(value) is not str or not fullmatch(value):
+                break
+            out.append((key, value))
+        else:
+            return out
+    headers: list[tuple[str, str]] = encode_metadata(md)
+    if type(md) is MultiDict and len(_KNOWN_KEYS) < 1024:
+        _KNOWN_KEYS.update(key for key in md if not key.endswith("-bin"))
+    return headers
