@@ -28,6 +28,7 @@ from .grpclib_server import (
     send_headers_now,
     server_dispatch,
     set_nodelay,
+    take_unacked,
 )
 from .h2_connection import (
     LEAN_FRAMES,
@@ -75,4 +76,5 @@ __all__ = [
     "send_headers_now",
     "server_dispatch",
     "set_nodelay",
+    "take_unacked",
 ]

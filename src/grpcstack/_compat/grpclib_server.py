@@ -31,6 +31,17 @@ def drop_buffered(stream: grpclib.protocol.Stream) -> None:
         buffer._unacked.get_nowait()
 
 
+def take_unacked(stream: grpclib.protocol.Stream) -> int:
+    """Empty the chunks of a stream's body not yet read into the buffer, and return their
+    flow-control size (grpclib's ``Buffer.unacked_size``, which empties the queue too)."""
+    queued = stream.buffer._unacked._queue  # asyncio.Queue's deque: no getter waits on a
+    if not queued:  # stream whose call is over
+        return 0
+    size = sum(item.ack_size for item in queued)
+    queued.clear()
+    return size
+
+
 def read_buffered(stream: grpclib.protocol.Stream, size: int) -> bytes | None:
     """``size`` bytes of the request body when they are all received already, else None (then
     ``await stream.recv_data(size)``). What grpclib's ``Buffer.read`` does for them, without its
@@ -104,7 +115,15 @@ _LAZY_EVENTS = frozenset({"window_updated", "headers_received", "trailers_receiv
 class ServerH2Stream(grpclib.protocol.Stream):
     """grpclib's protocol Stream for a stream the peer opened (what ``Connection.create_stream``
     makes), with its three asyncio Events made when first used: a server call rarely waits for
-    a window update and never for response headers or trailers."""
+    a window update and never for response headers or trailers. It also carries the call's own
+    state (its task, whether the task started, a reset that came before it did)."""
+
+    #: the task handling the call on this stream
+    call_task: asyncio.Task[None] | None = None
+    #: the call's task took its first step
+    call_started = False
+    #: the client reset the stream before the call's task took its first step
+    reset_early = False
 
     def __init__(self, connection: grpclib.protocol.Connection, stream_id: int) -> None:
         self.connection = connection
@@ -120,7 +139,7 @@ class ServerH2Stream(grpclib.protocol.Stream):
             event = asyncio.Event()
             setattr(self, name, event)
             return event
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(name)
 
 
 def send_headers_now(stream: grpclib.protocol.Stream, headers: Any, end_stream: bool) -> bool:

@@ -46,6 +46,7 @@ from .._compat import (
     drop_buffered,
     lift_inbound_stream_limit,
     set_nodelay,
+    take_unacked,
 )
 from .head import HeadCache
 from .policy import ENHANCE_YOUR_CALM, NO_ERROR, ConnectionPolicy, Listener, TransportObserver
@@ -108,6 +109,9 @@ class CoalescingTransport:
         if name == "peername" and self._peername is not None:
             return self._peername
         return self._transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
     def write(self, data: bytes) -> None:
         if data:
@@ -372,12 +376,20 @@ class StackProtocol(asyncio.Protocol):
             )
             return
         stream = ServerH2Stream(self.connection, sid)
-        release = processor.register(stream)
-        self.handler.accept(stream, head, self._releaser(release, stream))
+        processor.streams[sid] = stream
+        self.handler.accept(stream, head, self._releaser(stream))
 
-    def _releaser(self, release: Any, stream: Any) -> Any:
+    def _releaser(self, stream: Any) -> Any:
+        streams = self.processor.streams
+        connection = self.connection
+
         def release_stream() -> None:
-            release()
+            # grpclib's EventsProcessor.register release: forget the stream, wake anyone
+            # waiting for a stream to close, and ack (flow control) what it never read
+            streams.pop(stream.id)
+            connection.stream_close_waiter.set()
+            if not connection.is_closing():
+                connection.ack(stream.id, take_unacked(stream))
             # the call's task is ending: forget it now (instead of grpclib's periodic sweep)
             self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()
