@@ -260,3 +260,18 @@ async def test_lazy_stream_events_are_asyncio_events() -> None:
     assert stream.id == 1 and stream.wrapper is None and stream.headers is None
     with pytest.raises(AttributeError):
         _ = stream.no_such_attribute
+
+
+def test_prepared_response_headers_keep_repeated_lists_only() -> None:
+    from h2.config import H2Configuration
+
+    from grpcstack._compat import ServerH2Connection
+
+    conn = ServerH2Connection(config=H2Configuration(client_side=False))
+    headers = [(":status", "200"), ("content-type", "application/grpc")]
+    first = conn._prepare_headers(list(headers))
+    assert first == (tuple(utf8_encode_headers(headers)), None, False)
+    assert conn._prepare_headers(list(headers)) is first
+    unique = [(":status", "200"), ("x-correlation-id", "0123")]
+    assert conn._prepare_headers(unique)[0] == tuple(utf8_encode_headers(unique))
+    assert conn._prepared is not None and len(conn._prepared) == 1  # the unique list is not kept

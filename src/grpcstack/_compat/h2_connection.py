@@ -33,6 +33,35 @@ class ServerH2Connection(H2Connection):
     the table has doubled since the last one, so closed streams stay bounded (2x live + 32)."""
 
     _scan_at = 0
+    #: header lists (the constant response headers, trailers) -> their bytes, :method, 1xx
+    _prepared: dict[Any, tuple[Any, bytes | None, bool]] | None = None
+    PREPARED_MAX = 64
+    #: header names whose values are unique per call: lists with one are not kept
+    UNIQUE_NAMES = frozenset({"x-correlation-id", b"x-correlation-id"})
+
+    def _prepare_headers(self, headers: Any) -> tuple[Any, bytes | None, bool]:
+        """``headers`` as bytes (a tuple) with their ``:method`` and whether they are a 1xx
+        response, kept for lists that repeat (no per-call unique value in them)."""
+        prepared = self._prepared
+        if prepared is None:
+            prepared = self._prepared = {}
+        try:
+            key = tuple(headers) if type(headers) is list else None
+            hit = prepared.get(key) if key is not None else None
+        except TypeError:  # something unhashable: h2 will say what is wrong with it
+            key = hit = None
+        if hit is not None:
+            return hit
+        bytes_headers = tuple(_encode_headers(headers))
+        method, informational = _pseudo_fields(bytes_headers)
+        result = (bytes_headers, method, informational)
+        if key is not None and not any(
+            type(h) is tuple and h[0] in self.UNIQUE_NAMES for h in bytes_headers
+        ):
+            if len(prepared) >= self.PREPARED_MAX:
+                prepared.clear()
+            prepared[key] = result
+        return result
 
     def _open_streams(self, remainder: int) -> int:
         streams = self.streams
@@ -77,8 +106,7 @@ class ServerH2Connection(H2Connection):
                     priority_exclusive,
                 )
             self.state_machine.process_input(_ConnectionInputs.SEND_HEADERS)
-            bytes_headers = _encode_headers(headers)
-            method, informational = _pseudo_fields(bytes_headers)
+            bytes_headers, method, informational = self._prepare_headers(headers)
             machine = stream.state_machine
             if informational:
                 if end_stream:
@@ -180,7 +208,7 @@ def _encode_headers(headers: Any) -> list[Any]:
     return out
 
 
-def _pseudo_fields(headers: list[Any]) -> tuple[bytes | None, bool]:
+def _pseudo_fields(headers: Any) -> tuple[bytes | None, bool]:
     """``:method`` and whether ``:status`` is 1xx, from the leading pseudo-header fields: what
     h2's ``extract_method_header`` and ``is_informational_response`` find there (h2 sends no
     pseudo-header after a regular one: grpclib and the transport put them first)."""

@@ -61,6 +61,9 @@ class StackEncoder(Encoder):
         self.header_table: CountingTable = _use_counting_table(self)
         self._fields: dict[tuple[bytes, bytes, bool], bytes] = {}
         self._fields_state: tuple[int, int] = (-1, -1)
+        #: whole blocks of header tuples (ServerH2Connection passes repeated lists as the same
+        #: tuple), kept and forgotten with the fields
+        self._blocks: dict[tuple[Any, bool], bytes] = {}
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         if isinstance(headers, dict):
@@ -74,8 +77,16 @@ class StackEncoder(Encoder):
         state = (table.version, table.maxsize)
         if state != self._fields_state:
             fields.clear()
+            self._blocks.clear()
             self._fields_state = state
+        block_key = None
+        if not parts and type(headers) is tuple:
+            block_key = (headers, huffman)
+            block = self._blocks.get(block_key)
+            if block is not None:
+                return block
         unique = self.UNIQUE
+        keep = block_key is not None
         for header in headers:
             if type(header) is tuple and len(header) == 2:
                 name, value = header
@@ -92,9 +103,11 @@ class StackEncoder(Encoder):
                 value = _hpack_to_bytes(value)
             if name in unique:
                 parts.append(self._encode_literal(name, value, INDEX_NEVER, False))
+                keep = False
                 continue
             if sensitive:  # never indexed: the table does not change
                 parts.append(Encoder.add(self, (name, value), True, huffman))
+                keep = False
                 continue
             key = (name, value, huffman)
             encoded = fields.get(key)
@@ -105,9 +118,14 @@ class StackEncoder(Encoder):
                         fields[key] = encoded
                 else:  # inserted (and perhaps evicted): every kept encoding may be stale
                     fields.clear()
+                    self._blocks.clear()
                     state = self._fields_state = (table.version, table.maxsize)
+                    keep = False
             parts.append(encoded)
-        return b"".join(parts)
+        encoded_block = b"".join(parts)
+        if keep and len(self._blocks) < self.CACHE_FIELDS:
+            self._blocks[block_key] = encoded_block  # type: ignore[index]
+        return encoded_block
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         name, value = to_add
