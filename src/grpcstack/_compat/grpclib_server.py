@@ -184,7 +184,7 @@ _set = object.__setattr__
 class StackServerEvents(grpclib.events._DispatchServerEvents):
     """grpclib's server event dispatcher, building the three per-call events the middleware chain
     listens to without ``_Event.__init__``'s keyword dict and a ``super()`` per field, and
-    dispatching them without a second coroutine: the same event objects, listeners, order and
+    dispatching them in the same coroutine: the same event objects, listeners, order and
     ``interrupt()``. Events nobody listens to still cost nothing (grpclib's ``_ident``)."""
 
     async def __dispatch__(self, event: Any) -> Any:
@@ -193,12 +193,6 @@ class StackServerEvents(grpclib.events._DispatchServerEvents):
             if event.__interrupted__:
                 break
         return tuple([getattr(event, name) for name in event.__payload__])
-
-    async def _run(self, event: Any) -> None:
-        for callback in self._listeners[event.__class__]:
-            await callback(event)
-            if event.__interrupted__:
-                break
 
     async def recv_request(  # type: ignore[override]
         self,
@@ -220,14 +214,20 @@ class StackServerEvents(grpclib.events._DispatchServerEvents):
         _set(event, "content_type", content_type)
         _set(event, "user_agent", user_agent)
         _set(event, "peer", peer)
-        await self._run(event)
+        for callback in self._listeners[RecvRequest]:
+            await callback(event)
+            if event.__interrupted__:
+                break
         return event.metadata, event.method_func
 
     async def send_initial_metadata(self, metadata: Any) -> tuple[Any]:  # type: ignore[override]
         event = SendInitialMetadata.__new__(SendInitialMetadata)
         _set(event, "__interrupted__", False)
         _set(event, "metadata", metadata)
-        await self._run(event)
+        for callback in self._listeners[SendInitialMetadata]:
+            await callback(event)
+            if event.__interrupted__:
+                break
         return (event.metadata,)
 
     async def send_trailing_metadata(  # type: ignore[override]
@@ -244,7 +244,10 @@ class StackServerEvents(grpclib.events._DispatchServerEvents):
         _set(event, "status", status)
         _set(event, "status_message", status_message)
         _set(event, "status_details", status_details)
-        await self._run(event)
+        for callback in self._listeners[SendTrailingMetadata]:
+            await callback(event)
+            if event.__interrupted__:
+                break
         return (event.metadata,)
 
 
