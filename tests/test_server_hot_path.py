@@ -21,6 +21,7 @@ from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadat
 from grpclib.metadata import Deadline, decode_metadata
 from grpclib.protocol import Buffer
 from h2.utilities import extract_method_header, is_informational_response, utf8_encode_headers
+from hpack.struct import NeverIndexedHeaderTuple
 
 from grpcstack._compat import StackServerEvents, read_buffered
 from grpcstack._compat.h2_connection import _encode_headers, _LazyRepr, _pseudo_fields
@@ -205,6 +206,9 @@ def test_head_cache_keeps_repeated_blocks_within_bounds() -> None:
     big = [(b"x", b"v" * 5000)]
     cache.get(big)
     assert tuple(big) not in cache._heads  # large blocks are not kept
+    secret = [(b":path", b"/a"), NeverIndexedHeaderTuple(b"authorization", b"Bearer t")]
+    assert cache.get(secret).map["authorization"] == "Bearer t"
+    assert not any(type(h) is NeverIndexedHeaderTuple for k in cache._heads for h in k)
 
 
 def test_access_line_written_directly_equals_the_logged_line() -> None:

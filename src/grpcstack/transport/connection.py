@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import grpclib.protocol
 from grpclib.metadata import encode_grpc_message
-from grpclib.protocol import EventsProcessor
+from grpclib.protocol import EventsProcessor, Peer
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -153,6 +153,14 @@ class StackConnection(grpclib.protocol.Connection):
     def __init__(self, h2_conn: H2Connection, transport: Any, *, config: Any, owner: Any) -> None:
         super().__init__(h2_conn, transport, config=config)
         self.owner: StackProtocol = owner
+        self._peer: Peer | None = None
+
+    def get_peer(self) -> Peer:
+        # every call's Stream asks: one Peer per connection (it only wraps the transport)
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().get_peer()
+        return peer
 
     def headers_send_process(self) -> None:
         super().headers_send_process()

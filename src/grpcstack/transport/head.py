@@ -4,7 +4,8 @@ A client repeats the same header block for every call of a method (HPACK makes i
 objects even: the decoder keeps repeated blocks), so the work of turning it into what dispatch
 needs (ASCII text, the header list size, a dict, the metadata, the timeout) is done once per
 block and kept, per connection, while the block repeats. Everything kept is immutable: the
-per-call parts (the Deadline, the metadata MultiDict) are built from it for each call.
+per-call parts (the Deadline, the metadata MultiDict) are built from it for each call. Blocks
+over 4 KiB or with a never-indexed field (credentials) are decoded for their call only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import binascii
 from typing import Any
 
 from grpclib.metadata import decode_metadata, decode_timeout
+from hpack.struct import NeverIndexedHeaderTuple
 
 _Headers = tuple[tuple[str, str], ...]
 
@@ -108,7 +110,10 @@ class HeadCache:
         head = heads.get(key)
         if head is None:
             head = RequestHead.decode(key)
-            if head.size <= HEAD_CACHE_MAX_SIZE:
+            # blocks with a never-indexed field (credentials) are not kept, as in the decoder
+            if head.size <= HEAD_CACHE_MAX_SIZE and not any(
+                type(h) is NeverIndexedHeaderTuple for h in key
+            ):
                 if len(heads) >= HEADS_PER_CONNECTION:
                     heads.clear()
                 heads[key] = head
