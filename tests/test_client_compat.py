@@ -1,5 +1,5 @@
-"""The hpack internals the client hooks (src/grpcstack/_compat.py, client side) are still where
-it expects them: fails loudly on an upgrade that moves one."""
+"""The hpack internals the client hooks (src/grpcstack/_compat/hpack_tables.py, client side) are
+still where it expects them: fails loudly on an upgrade that moves one."""
 
 from __future__ import annotations
 

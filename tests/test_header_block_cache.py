@@ -82,7 +82,7 @@ def test_encoder_writes_what_hpack_writes_through_inserts_evictions_and_resizes(
     rng = random.Random(18)
     ours, theirs = StackEncoder(), Encoder()
     decoder = Decoder()
-    kept = 0
+    kept = blocks_kept = 0
     for i, headers in enumerate(_lists(rng)):
         if i % 97 == 0:
             ours.header_table_size = theirs.header_table_size = rng.choice([256, 1024, 4096])
@@ -94,4 +94,11 @@ def test_encoder_writes_what_hpack_writes_through_inserts_evictions_and_resizes(
         block = ours.encode(response, huffman=huffman)
         assert block == theirs.encode(response, huffman=huffman), i
         assert decoder.decode(block, raw=True) == response
+        # the same list again, as ServerH2Connection passes it (a tuple: whole blocks kept)
+        for _ in range(2):
+            block = ours.encode(tuple(response), huffman=huffman)
+            assert block == theirs.encode(response, huffman=huffman), i
+            assert decoder.decode(block, raw=True) == response
+        blocks_kept += bool(ours._blocks)
     assert kept > 300  # the cache was actually used
+    assert blocks_kept > 300

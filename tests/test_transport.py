@@ -1,4 +1,4 @@
-"""The grpclib internals grpcstack replaces (grpcstack/_compat.py) are still where we hook them.
+"""The grpclib internals grpcstack replaces (grpcstack/_compat/) are still where we hook them.
 
 If a grpclib upgrade breaks one of these, this file fails first and says which hook moved.
 """
@@ -25,7 +25,7 @@ from platform_services.echo import EchoServer
 
 def test_grpclib_version_is_the_pinned_one() -> None:
     assert grpclib.__version__ == _compat.GRPCLIB_VERSION, (
-        "grpclib changed: re-check grpcstack/_compat.py and grpcstack/transport/ against the "
+        "grpclib changed: re-check grpcstack/_compat/ and grpcstack/transport/ against the "
         "new request_handler, "
         "Handler, H2Protocol and Stream, then update GRPCLIB_VERSION and the pin"
     )

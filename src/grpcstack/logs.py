@@ -37,6 +37,36 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self._flush_soon()
+
+    def takes_lines(self, logger: logging.Logger, level: int) -> bool:
+        """True when ``write_line`` writes exactly what ``logger.log(level, line)`` would:
+        this handler is the logger's only one, bare ("%(message)s"), and no filter or parent
+        handler is in the way. The access log then skips the LogRecord."""
+        return (
+            self.raw
+            and level >= self.level
+            and not self.filters
+            and not logger.filters
+            and not logger.propagate
+            and not logger.disabled
+            and len(logger.handlers) == 1
+            and logger.handlers[0] is self
+        )
+
+    def write_line(self, line: str) -> None:
+        """A finished line, as ``emit`` writes a bare record's message (same lock, same flush)."""
+        self.acquire()
+        try:
+            self.stream.write(line + self.terminator)
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": line}))
+            return
+        finally:
+            self.release()
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if not self._scheduled:
             try:
                 loop = asyncio.get_running_loop()

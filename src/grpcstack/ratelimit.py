@@ -79,6 +79,7 @@ class MemoryLimiter:
         self.clock = clock
         self._counts: dict[str, list[float]] = {}  # key -> [window index, previous, current]
         self._sweep_at = 0.0
+        self._allowed = Decision(True, backend=self.name)  # frozen: one for every allowed hit
 
     def hit(self, limits: Sequence[Limit]) -> Decision:
         now = self.clock()
@@ -109,7 +110,7 @@ class MemoryLimiter:
             return worst
         for state in states:
             state[2] += 1
-        return Decision(True, backend=self.name)
+        return self._allowed
 
 
 # KEYS: one hash per limit {w: window index, p: previous count, c: current count};

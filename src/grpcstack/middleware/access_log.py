@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 
 from ..context import GRPC_TYPES
+from ..logs import BufferedStreamHandler
 from .base import Middleware
 from .metrics import GO_CODE_NAMES
 
@@ -66,11 +67,10 @@ class _RecordFactory:
         self._template = dict(vars(proto))
         self._start = logging._startTime  # type: ignore[attr-defined]
 
-    def __call__(self, level: int, line: str) -> logging.LogRecord:
+    def __call__(self, level: int, line: str, now: float) -> logging.LogRecord:
         record = logging.LogRecord.__new__(logging.LogRecord)
         d = record.__dict__
         d.update(self._template)
-        now = time.time()
         d["msg"] = line
         d["levelno"] = level
         d["levelname"] = _LOGGING_NAMES[level]
@@ -107,9 +107,9 @@ class AccessLogMiddleware(Middleware):
         if not logger.isEnabledFor(level):
             return
         exc = call.exception
-        record = self._record(level, "")
-        record.msg = (
-            f'{{"ts":{record.created:.6f},"level":"{_LEVEL_NAMES[level]}",{self._prefix_for(call)},'
+        now = time.time()
+        line = (
+            f'{{"ts":{now:.6f},"level":"{_LEVEL_NAMES[level]}",{self._prefix_for(call)},'
             f'"grpc.code":"{GO_CODE_NAMES[status]}",'
             f'"grpc.time_ms":{(call.duration or 0.0) * 1000:.3f},'
             f'"peer.address":{_q(call.peer_address)},"user_id":{_q(call.user_id)},'
@@ -117,7 +117,13 @@ class AccessLogMiddleware(Middleware):
             f'"error":{_q(type(exc).__name__ if exc is not None else None)}'
             f"{_protocol_field(call)}}}"
         )
-        logger.handle(record)
+        handlers = logger.handlers
+        if handlers:
+            handler = handlers[0]
+            if type(handler) is BufferedStreamHandler and handler.takes_lines(logger, level):
+                handler.write_line(line)  # what logger.handle would write, without a record
+                return
+        logger.handle(self._record(level, line, now))
 
 
 def _protocol_field(call: CallContext) -> str:

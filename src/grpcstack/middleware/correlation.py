@@ -24,9 +24,21 @@ if TYPE_CHECKING:
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_IDS_PER_DRAW = 256
+_ids: list[str] = []
+
+
 def new_correlation_id() -> str:
-    # 10x cheaper than uuid4().hex, same shape
-    return os.urandom(16).hex()
+    """32 hex digits from os.urandom, as uuid4().hex (10x cheaper): drawn 256 ids at a time,
+    since a getrandom() call per id costs more than the id."""
+    if not _ids:
+        raw = os.urandom(16 * _IDS_PER_DRAW).hex()
+        _ids.extend([raw[i : i + 32] for i in range(0, len(raw), 32)])
+    return _ids.pop()
+
+
+# a forked worker must not hand out the ids its parent drew
+os.register_at_fork(after_in_child=_ids.clear)
 
 
 class CorrelationIdMiddleware(Middleware):

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import grpclib.protocol
 from grpclib.metadata import encode_grpc_message
-from grpclib.protocol import EventsProcessor
+from grpclib.protocol import EventsProcessor, Peer
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -43,11 +43,14 @@ from hyperframe.frame import GoAwayFrame, PingFrame
 from .._compat import (
     CappedDecoder,
     ServerH2Connection,
+    ServerH2Stream,
     StackEncoder,
     drop_buffered,
     lift_inbound_stream_limit,
     set_nodelay,
+    take_unacked,
 )
+from .head import HeadCache
 from .policy import ENHANCE_YOUR_CALM, NO_ERROR, ConnectionPolicy, Listener, TransportObserver
 
 log = logging.getLogger("grpcstack.transport")
@@ -68,6 +71,19 @@ _RIDES_GOAWAY = (
     b"connect-go/",
     b"grpcstack-client",
 )
+_RIDES_GOAWAY_SEEN: dict[bytes, bool] = {}
+
+
+def _rides_goaway(user_agent: bytes) -> bool:
+    # a client sends the same user-agent on every call: match its parts once
+    known = _RIDES_GOAWAY_SEEN.get(user_agent)
+    if known is None:
+        if len(_RIDES_GOAWAY_SEEN) >= 256:
+            _RIDES_GOAWAY_SEEN.clear()
+        known = _RIDES_GOAWAY_SEEN[user_agent] = any(a in user_agent for a in _RIDES_GOAWAY)
+    return known
+
+
 _MAX_STREAM_ID = 2**31 - 1
 #: hpack must decode a whole header block to stay in sync; beyond this the connection goes
 _HARD_HEADER_CAP_FACTOR = 4
@@ -147,6 +163,14 @@ class StackConnection(grpclib.protocol.Connection):
     def __init__(self, h2_conn: H2Connection, transport: Any, *, config: Any, owner: Any) -> None:
         super().__init__(h2_conn, transport, config=config)
         self.owner: StackProtocol = owner
+        self._peer: Peer | None = None
+
+    def get_peer(self) -> Peer:
+        # every call's Stream asks: one Peer per connection (it only wraps the transport)
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().get_peer()
+        return peer
 
     def headers_send_process(self) -> None:
         super().headers_send_process()
@@ -200,6 +224,7 @@ class StackProtocol(asyncio.Protocol):
         #: bytes of request messages being assembled, and reads waiting for room
         self.pending_bytes = 0
         self._room: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._heads = HeadCache()
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -361,33 +386,37 @@ class StackProtocol(asyncio.Protocol):
         if len(processor.streams) >= self.policy.max_concurrent_streams:
             self._refuse(sid, "max_concurrent_streams")
             return
-        size = 0
         try:
-            headers = []
-            for name, value in event.headers:
-                size += len(name) + len(value) + 32
-                headers.append((name.decode("ascii"), value.decode("ascii")))
-                if name == b"user-agent":
-                    self.rides_goaway = any(agent in value for agent in _RIDES_GOAWAY)
+            head = self._heads.get(event.headers)
         except UnicodeDecodeError:
             self._answer(sid, 13, "Malformed request: non-ASCII byte in a header", "bad_header")
             return
-        if size > self.policy.max_header_list_size:
+        if head.user_agent is not None:
+            self.rides_goaway = _rides_goaway(head.user_agent)
+        if head.size > self.policy.max_header_list_size:
             self._answer(
                 sid,
                 8,
-                f"Request metadata of {size} bytes is over the limit of "
+                f"Request metadata of {head.size} bytes is over the limit of "
                 f"{self.policy.max_header_list_size}",
                 "header_list_size",
             )
             return
-        stream = self.connection.create_stream(stream_id=sid)
-        release = processor.register(stream)
-        self.handler.accept(stream, headers, self._releaser(release, stream))
+        stream = ServerH2Stream(self.connection, sid)
+        processor.streams[sid] = stream
+        self.handler.accept(stream, head, self._releaser(stream))
 
-    def _releaser(self, release: Any, stream: Any) -> Any:
+    def _releaser(self, stream: Any) -> Any:
+        streams = self.processor.streams
+        connection = self.connection
+
         def release_stream() -> None:
-            release()
+            # grpclib's EventsProcessor.register release: forget the stream, wake anyone
+            # waiting for a stream to close, and ack (flow control) what it never read
+            streams.pop(stream.id)
+            connection.stream_close_waiter.set()
+            if not connection.is_closing():
+                connection.ack(stream.id, take_unacked(stream))
             # the call's task is ending: forget it now (instead of grpclib's periodic sweep)
             self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()

@@ -12,18 +12,19 @@ import asyncio
 import binascii
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import Deadline, decode_metadata, encode_grpc_message
-from grpclib.utils import DeadlineWrapper, Wrapper
+from grpclib.metadata import Deadline, encode_grpc_message
+from grpclib.utils import Wrapper
 from h2.errors import ErrorCodes
+from multidict import MultiDict
 
-from .._compat import ServerHandlerBase
+from .._compat import ServerH2Stream, ServerHandlerBase
 from ..compression import ACCEPT_ENCODING, IDENTITY, SUPPORTED, accepts_gzip
 from ..context import CallContext, set_current
+from .head import RequestHead
 from .policy import Dispatcher, MessageRoom
 from .stream import LimitedStream
 
@@ -50,19 +51,20 @@ class StackHandler(ServerHandlerBase):
 
     def accept(
         self,
-        stream: protocol.Stream,
-        headers: _Headers,
+        stream: ServerH2Stream,
+        head: RequestHead,
         release_stream: Callable[[], Any],
     ) -> None:
         # no grpclib GC step (a sweep of the task table every 10 calls): the stream's release
         # drops its task, and a cancelled task leaves its set when done
         task = self.loop.create_task(
-            handle_request(self.server, self.protocol, stream, headers, release_stream)
+            handle_request(self.server, self.protocol, stream, head, release_stream)
         )
+        stream.call_task = task
         self.tasks[stream] = task
         self.server.track(task)
 
-    def cancel(self, stream: protocol.Stream) -> None:
+    def cancel(self, stream: ServerH2Stream) -> None:  # type: ignore[override]
         """RST_STREAM from the client. grpclib cancels the request task, but a task cancelled
         before its first step never runs at all: no status, no metrics, and its stream is never
         released. Such a task is left to start and ends the call as CANCELLED itself, before
@@ -70,34 +72,55 @@ class StackHandler(ServerHandlerBase):
         task = self.tasks.pop(stream, None)
         if task is None:
             return
-        if getattr(stream, "_grpcstack_started", False):
+        if stream.call_started:
             task.cancel()
             cancelled = self.cancelled_tasks
             cancelled.add(task)
             task.add_done_callback(cancelled.discard)
         else:
-            stream._grpcstack_reset_early = True  # type: ignore[attr-defined]
+            stream.reset_early = True
 
 
-class _DeadlineTimer:
-    """Cancels the call's task through its wrapper when ``timeout`` seconds have passed."""
+class _CallWrapper(Wrapper):
+    """grpclib's Wrapper for the one task a call runs in (grpclib cancels a call through its
+    stream's wrapper on reset or lost connection), with the call's deadline timer: when
+    ``timeout`` seconds have passed inside it, the task is cancelled with TimeoutError.
+    grpclib's looks the current task up on every enter and exit and keeps a set of them; the
+    call's task is known."""
 
-    __slots__ = ("_handle", "_timeout", "_wrapper")
+    _error: Exception | None = None
 
-    def __init__(self, wrapper: Wrapper, timeout: float) -> None:
-        self._wrapper = wrapper
+    def __init__(self, task: asyncio.Task[Any] | None, timeout: float | None = None) -> None:
+        self._task = task
+        self._inside = False
         self._timeout = timeout
-        self._handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> None:
-        self._handle = asyncio.get_running_loop().call_later(self._timeout, self._fire)
+        if self._error is not None:
+            raise self._error
+        if self._task is None:
+            raise RuntimeError("Called not inside a task")
+        self._inside = True
+        if self._timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
 
-    def _fire(self) -> None:
-        self._wrapper.cancel(TimeoutError("Deadline exceeded"))
+    def _expired(self) -> None:
+        self.cancel(TimeoutError("Deadline exceeded"))
 
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        self._inside = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._error is not None:
+            self.cancel_failed = exc_type is not asyncio.CancelledError
+            raise self._error
+
+    def cancel(self, error: Exception) -> None:
+        self._error = error
+        if self._inside and self._task is not None:
+            self._task.cancel()
+        self.cancelled = True
 
 
 async def _abort(
@@ -130,16 +153,16 @@ async def _abort_http(stream: protocol.Stream, http_status: int, message: str) -
 async def handle_request(
     server: Dispatcher,
     conn: MessageRoom,
-    h2_stream: protocol.Stream,
-    headers: _Headers,
+    h2_stream: ServerH2Stream,
+    head: RequestHead,
     release_stream: Callable[[], Any],
 ) -> None:
     call: CallContext | None = None
-    h2_stream._grpcstack_started = True  # type: ignore[attr-defined]
+    h2_stream.call_started = True
     try:
-        if getattr(h2_stream, "_grpcstack_reset_early", False):
+        if h2_stream.reset_early:
             return  # reset before this task ran: nothing of the call has happened
-        headers_map = dict(headers)
+        headers_map = head.map
         if headers_map.get(":method") != "POST":
             await _abort_http(h2_stream, 405, "Method not allowed")
             return
@@ -154,10 +177,11 @@ async def handle_request(
             await _abort(h2_stream, Status.UNIMPLEMENTED, f"Method not found: {method_name}")
             return
         try:
-            deadline = Deadline.from_headers(headers)
+            timeout = head.timeout()
         except ValueError:
             await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid grpc-timeout header")
             return
+        deadline = None if timeout is None else Deadline.from_timeout(timeout)
         encoding = headers_map.get("grpc-encoding", IDENTITY)
         if encoding not in SUPPORTED:
             await _abort(
@@ -168,7 +192,7 @@ async def handle_request(
             )
             return
         try:
-            metadata = decode_metadata(headers)
+            metadata = MultiDict(head.metadata())
         except (binascii.Error, ValueError):
             await _abort(h2_stream, Status.INVALID_ARGUMENT, "Invalid base64 in binary metadata")
             return
@@ -205,16 +229,13 @@ async def handle_request(
             # the handler does not, and the answer is DEADLINE_EXCEEDED
             remaining = 0.0 if deadline is None else deadline.time_remaining()
             expired = deadline is not None and remaining <= 0
-            if deadline is None or expired:
-                wrapper = h2_stream.wrapper = Wrapper()
-                deadline_ctx: Any = nullcontext()
-            else:
-                wrapper = h2_stream.wrapper = DeadlineWrapper()
-                # not DeadlineWrapper.start(): it re-reads the clock and raises at entry when
-                # the deadline passed since our check, before any hook could count the call
-                deadline_ctx = _DeadlineTimer(wrapper, remaining)
+            # not grpclib's DeadlineWrapper.start(): it re-reads the clock and raises at entry
+            # when the deadline passed since our check, before any hook counted the call
+            wrapper = h2_stream.wrapper = _CallWrapper(
+                h2_stream.call_task, None if deadline is None or expired else remaining
+            )
             try:
-                with deadline_ctx, wrapper:
+                with wrapper:
                     stream.metadata, method_func = await dispatch.recv_request(
                         metadata,
                         method.func,

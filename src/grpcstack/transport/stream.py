@@ -10,10 +10,17 @@ from typing import Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError
-from grpclib.metadata import encode_metadata
+from grpclib.metadata import encode_bin_value, encode_grpc_message, encode_metadata
 from multidict import MultiDict
 
-from .._compat import ServerStreamBase, buffered_bytes
+from .._compat import (
+    METADATA_VALUE_RE,
+    STATUS_DETAILS_KEY,
+    ServerStreamBase,
+    read_buffered,
+    send_data_now,
+    send_headers_now,
+)
 from ..codec import DecodeError
 from ..compression import (
     ACCEPT_ENCODING,
@@ -52,7 +59,10 @@ class LimitedStream(ServerStreamBase):
     async def recv_message(self) -> Any:
         h2_stream = self.h2_stream
         try:
-            meta = await h2_stream.recv_data(5)
+            # a unary request is usually all here: read it without a suspension
+            meta = read_buffered(h2_stream, 5)
+            if meta is None:
+                meta = await h2_stream.recv_data(5)
         except AssertionError:  # grpclib's Buffer: the stream ended inside the prefix
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix") from None
         if not meta:
@@ -104,10 +114,8 @@ class LimitedStream(ServerStreamBase):
         """The body, within the connection's room for half-received messages and the body
         timeout; a body that ends early is INVALID_ARGUMENT, never a traceback."""
         h2_stream = self.h2_stream
-        if buffered_bytes(h2_stream) >= length:  # all here (a unary request, usually): no wait
-            data = await h2_stream.recv_data(length)
-            if len(data) != length:
-                raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message")
+        data = read_buffered(h2_stream, length)
+        if data is not None:  # all here (a unary request, usually): no wait
             return data
         conn = self.conn
         room = conn.reserve(length)
@@ -139,8 +147,11 @@ class LimitedStream(ServerStreamBase):
         if self.compression_aware:
             headers.append(("grpc-accept-encoding", ACCEPT_ENCODING))
         (md,) = await self.events.send_initial_metadata(MultiDict(metadata or ()))
-        headers.extend(encode_metadata(md))
-        await self.h2_stream.send_headers(headers)
+        if md:
+            headers.extend(_encode_metadata(md))
+        h2_stream = self.h2_stream
+        if not send_headers_now(h2_stream, headers, False):
+            await h2_stream.send_headers(headers)
         self.note_initial_metadata_sent()
 
     async def send_message(self, message: Any) -> None:
@@ -169,7 +180,9 @@ class LimitedStream(ServerStreamBase):
             if compress:
                 data = gzip_compress(data)
         h2_stream = self.h2_stream
-        await h2_stream.send_data(_PREFIX.pack(compress, len(data)) + data)
+        framed = _PREFIX.pack(compress, len(data)) + data
+        if not send_data_now(h2_stream, framed):
+            await h2_stream.send_data(framed)
         self.note_message_sent()
         connection = h2_stream.connection
         connection.messages_sent += 1
@@ -177,3 +190,69 @@ class LimitedStream(ServerStreamBase):
         counter = self.call.msg_sent
         if counter is not None:
             counter.inc()
+
+    async def send_trailing_metadata(
+        self,
+        *,
+        status: Status = Status.OK,
+        status_message: str | None = None,
+        status_details: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        """grpclib's (same checks, headers, event and reset), writing without a suspension when
+        the transport takes writes."""
+        if self.trailing_metadata_sent:
+            raise ProtocolError("Trailing metadata was already sent")
+        if not self.server_streaming and not self.message_sent and status is Status.OK:
+            raise ProtocolError(
+                "Unary response with OK status requires a single message to be sent"
+            )
+        if self.initial_metadata_sent:
+            headers: list[tuple[str, str]] = []
+        else:  # trailers-only response
+            headers = [(":status", "200"), ("content-type", self.content_type)]
+        headers.append(("grpc-status", _STATUS_TEXT[status]))
+        if status_message is not None:
+            headers.append(("grpc-message", encode_grpc_message(status_message)))
+        details_codec = self.status_details_codec
+        if status_details is not None and details_codec is not None:
+            encoded = details_codec.encode(status, status_message, status_details)
+            headers.append((STATUS_DETAILS_KEY, encode_bin_value(encoded).decode("ascii")))
+        (md,) = await self.events.send_trailing_metadata(
+            MultiDict(metadata or ()),
+            status=status,
+            status_message=status_message,
+            status_details=status_details,
+        )
+        if md:
+            headers.extend(_encode_metadata(md))
+        h2_stream = self.h2_stream
+        if not send_headers_now(h2_stream, headers, True):
+            await h2_stream.send_headers(headers, end_stream=True)
+        self.note_trailing_metadata_sent()
+        if status != Status.OK and h2_stream.closable:
+            h2_stream.reset_nowait()
+
+
+_STATUS_TEXT = {status: str(status.value) for status in Status}
+
+#: metadata keys grpclib's encode_metadata accepted (valid, not binary): checked once
+_KNOWN_KEYS: set[str] = set()
+
+
+def _encode_metadata(md: Any) -> list[tuple[str, str]]:
+    """grpclib's ``encode_metadata`` (same headers, same errors) without checking a key again
+    once it passed; values are checked every time."""
+    if type(md) is MultiDict:
+        out = []
+        fullmatch = METADATA_VALUE_RE.fullmatch
+        for key, value in md.items():
+            if key not in _KNOWN_KEYS or type(value) is not str or not fullmatch(value):
+                break
+            out.append((key, value))
+        else:
+            return out
+    headers: list[tuple[str, str]] = encode_metadata(md)
+    if type(md) is MultiDict and len(_KNOWN_KEYS) < 1024:
+        _KNOWN_KEYS.update(key for key in md if not key.endswith("-bin"))
+    return headers
