@@ -157,7 +157,8 @@ def _row(one: Run, many: Run, workers: int) -> dict[str, float]:
         "cpu_ratio": (many.server_cpu / many.wall) / (one.server_cpu / one.wall)
         if one.server_cpu and many.wall
         else 0.0,
-        "efficiency": one.server_cpu / many.server_cpu if many.server_cpu else 0.0,
+        # a worker's calls per CPU second over the single process's (1 = no per-call cost)
+        "efficiency": many_rate / one_rate if one_rate else 0.0,
         "one_cpu_s": one.server_cpu,
         "many_cpu_s": many.server_cpu,
         "one_calls_per_cpu_s": one_rate,
