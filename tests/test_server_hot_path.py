@@ -235,6 +235,50 @@ def test_access_line_written_directly_equals_the_logged_line() -> None:
     assert lines[0] == lines[1] == '{"a":1}\n'
 
 
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_access_lines_go_out_in_one_write_whatever_the_stream_buffers() -> None:
+    """PYTHONUNBUFFERED makes sys.stdout write through: the handler keeps lines itself."""
+    out = _CountingStream()
+    handler = BufferedStreamHandler(out, interval=0.01)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(100):
+        handler.write_line(f'{{"n":{i}}}')
+    assert out.writes == 0  # none written yet: within ``interval``, on the loop
+    for _ in range(500):
+        if out.writes:
+            break
+        await asyncio.sleep(0.01)
+    assert out.writes == 1
+    assert out.getvalue() == "".join(f'{{"n":{i}}}\n' for i in range(100))
+
+    small = _CountingStream()
+    handler = BufferedStreamHandler(small, interval=3600, max_buffered=100)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for _ in range(10):
+        handler.write_line("x" * 24)  # 25 characters with the newline
+    assert small.writes == 2  # at 100 and at 200 characters, not after an hour
+    handler.write_line("tail")
+    handler.close()  # logging.shutdown flushes and closes every handler at exit; close alone too
+    assert small.getvalue().endswith("tail\n") and small.getvalue().count("\n") == 11
+
+
+def test_access_lines_without_a_loop_are_written_at_once() -> None:
+    out = _CountingStream()
+    handler = BufferedStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.write_line("a")
+    assert out.getvalue() == "a\n"
+
+
 async def test_lazy_stream_events_are_asyncio_events() -> None:
     from grpcstack._compat import ServerH2Stream
 

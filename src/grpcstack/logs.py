@@ -1,9 +1,11 @@
 """Logging set-up for `grpcstack serve`: readable server logs, JSON access lines.
 
 Server logs go to stderr with a timestamped format. Access lines (one JSON object per call, from
-the logging middleware) go to stdout as they are, through a handler that does not flush after
-every line: under load a flush per call is a write() syscall per call. It flushes within
-``interval`` seconds on the running event loop, and at exit.
+the logging middleware) go to stdout as they are, through a handler that keeps them itself and
+writes them in one go: under load a write per line is a write() syscall per call, and the stream's
+own buffer is no help when PYTHONUNBUFFERED is set (as in most container images), so the handler
+never relies on it. It writes within ``interval`` seconds on the running event loop, at once when
+``max_buffered`` characters wait, and at exit (logging.shutdown flushes every handler).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ ACCESS_LOGGER = "grpcstack.access"
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    def __init__(self, stream: TextIO | None = None, interval: float = 0.05) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, interval: float = 0.05, max_buffered: int = 64 * 1024
+    ) -> None:
         super().__init__(stream)
         self.interval = interval
+        self.max_buffered = max_buffered
+        self._lines: list[str] = []
+        self._buffered = 0
         self._scheduled = False
         self.raw = False  # set by setFormatter for a plain "%(message)s" format
 
@@ -28,16 +35,15 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.raw = fmt is not None and fmt._fmt == "%(message)s" and type(fmt) is logging.Formatter
 
     def emit(self, record: logging.LogRecord) -> None:
+        # called with the handler's lock held (Handler.handle)
         try:
             if self.raw and not record.args and not record.exc_info:
                 line = record.msg  # "%(message)s" of a finished line: nothing to format
             else:
                 line = self.format(record)
-            self.stream.write(line + self.terminator)
+            self._add(line + self.terminator)
         except Exception:
             self.handleError(record)
-            return
-        self._flush_soon()
 
     def takes_lines(self, logger: logging.Logger, level: int) -> bool:
         """True when ``write_line`` writes exactly what ``logger.log(level, line)`` would:
@@ -58,19 +64,21 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """A finished line, as ``emit`` writes a bare record's message (same lock, same flush)."""
         self.acquire()
         try:
-            self.stream.write(line + self.terminator)
+            self._add(line + self.terminator)
         except Exception:
             self.handleError(logging.makeLogRecord({"msg": line}))
-            return
         finally:
             self.release()
-        self._flush_soon()
 
-    def _flush_soon(self) -> None:
-        if not self._scheduled:
+    def _add(self, text: str) -> None:
+        self._lines.append(text)
+        self._buffered += len(text)
+        if self._buffered >= self.max_buffered:
+            self.flush()
+        elif not self._scheduled:
             try:
                 loop = asyncio.get_running_loop()
-            except RuntimeError:
+            except RuntimeError:  # no loop to write later on: write now
                 self.flush()
                 return
             self._scheduled = True
@@ -79,6 +87,25 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_later(self) -> None:
         self._scheduled = False
         self.flush()
+
+    def flush(self) -> None:
+        """Write the lines kept so far in one write, then flush the stream."""
+        self.acquire()
+        try:
+            lines = self._lines
+            if lines:
+                self._lines = []
+                self._buffered = 0
+                if self.stream is not None:
+                    self.stream.write(lines[0] if len(lines) == 1 else "".join(lines))
+            if self.stream is not None and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()  # StreamHandler.close does not: a handler closed on its own keeps no line
+        super().close()
 
 
 def configure(level: str | int) -> None:
