@@ -9,10 +9,24 @@ import h2
 import h2.config
 import h2.connection
 import h2.exceptions
+import hpack
 import pytest
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from grpcstack import _compat
 from grpcstack._compat import ServerH2Connection
+from grpcstack._compat.h2_frame_buffer import LeanFrameBuffer
 
 
 def _config() -> h2.config.H2Configuration:
@@ -126,3 +140,115 @@ def test_reset_stream_and_goaway_still_work() -> None:
     _same(plain, lean)
     with pytest.raises(h2.exceptions.StreamClosedError):
         lean.send_data(1, b"x")
+
+
+# --- receiving: LeanFrameBuffer ----------------------------------------------------------------
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_REQUEST = [(b":method", b"POST"), (b":path", b"/a"), (b":scheme", b"http"), (b":authority", b"x")]
+
+
+@st.composite
+def _wire(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """A client's frames as a peer may send them (valid or not), and where its reads split."""
+    encoder = hpack.Encoder()
+    out = [_PREFACE, SettingsFrame(0).serialize()]
+    sid = 1
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(
+            st.sampled_from(
+                ["headers", "headers", "data", "data", "ping", "window", "rst", "junk", "big"]
+            )
+        )
+        target = draw(st.sampled_from([sid, sid, max(1, sid - 2), 0]))
+        flags = set(draw(st.sets(st.sampled_from(["END_STREAM", "PADDED", "PRIORITY", "SPLIT"]))))
+        pad = draw(st.integers(0, 5)) if "PADDED" in flags else 0
+        if kind == "headers":
+            extra = [(b"x-n", str(draw(st.integers(0, 3))).encode())]
+            block = encoder.encode(_REQUEST + extra if target == sid else [(b"grpc-x", b"1")])
+            head = HeadersFrame(target or 1, pad_length=pad)
+            head.stream_id = target  # 0 is refused by h2: built here, not by hyperframe
+            head.flags |= flags & {"END_STREAM", "PADDED", "PRIORITY"}
+            if "PRIORITY" in flags:
+                head.depends_on, head.stream_weight = draw(st.integers(0, 9)), 16
+            if "SPLIT" in flags and len(block) > 2:
+                head.data = block[:2]
+                more = ContinuationFrame(target or 1, data=block[2:])
+                more.stream_id = target
+                more.flags.add("END_HEADERS")
+                out += [head.serialize(), more.serialize()]
+            else:
+                head.data = block
+                head.flags.add("END_HEADERS")
+                out.append(head.serialize())
+            if target == sid:
+                sid += 2
+        elif kind == "data":
+            body = draw(st.binary(max_size=40))
+            frame = DataFrame(target or 1, data=body, pad_length=pad)
+            frame.stream_id = target
+            frame.flags |= flags & {"END_STREAM", "PADDED"}
+            out.append(frame.serialize())
+        elif kind == "ping":
+            out.append(PingFrame(0, opaque_data=b"12345678").serialize())
+        elif kind == "window":
+            out.append(
+                WindowUpdateFrame(target, window_increment=draw(st.integers(0, 9))).serialize()
+            )
+        elif kind == "rst":
+            out.append(RstStreamFrame(target or 1).serialize())
+        elif kind == "junk":  # an unknown frame type, a bad length
+            out.append(bytes([0, 0, 2, 0xEE, 0, 0, 0, 0, 1, 7, 7]))
+        else:  # over the max frame size (16384)
+            out.append(b"\x00\x40\x01\x00\x00\x00\x00\x00\x01" + b"z" * 16385)
+    wire = b"".join(out)
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=6)))
+    return wire, cuts
+
+
+def _feed(conn: h2.connection.H2Connection, wire: bytes, cuts: list[int]) -> list[str]:
+    seen = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        try:
+            seen += [repr(e) for e in conn.receive_data(wire[start:end])]
+        except h2.exceptions.H2Error as exc:
+            seen.append(f"{type(exc).__name__}: {exc}")
+            break
+    return [*seen, repr(conn.data_to_send())]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_wire())
+def test_lean_frame_buffer_gives_h2_the_same_frames(wire: tuple[bytes, list[int]]) -> None:
+    """Whatever a client sends, however its reads split: the same events, errors and answers."""
+    plain = h2.connection.H2Connection(_config())
+    lean = ServerH2Connection(_config())
+    assert type(lean.incoming_buffer).__name__ == "LeanFrameBuffer"
+    for conn in (plain, lean):
+        conn.initiate_connection()
+        conn.data_to_send()
+    assert _feed(lean, *wire) == _feed(plain, *wire)
+
+
+def _fields(frame: Any) -> dict[str, Any]:
+    fields = dict(vars(frame))
+    fields["flags"] = set(frame.flags)
+    fields["valid_flags"] = set(frame.flags._valid_flags)
+    return {"class": type(frame), **fields}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_wire())
+def test_lean_frames_have_every_field_hyperframe_gives(wire: tuple[bytes, list[int]]) -> None:
+    data, _ = wire
+    frames = []
+    for buffer in (FrameBuffer(server=True), LeanFrameBuffer(server=True)):
+        buffer.max_frame_size = 16384
+        buffer.add_data(data)
+        got = []
+        try:
+            got = [_fields(f) for f in buffer]
+        except h2.exceptions.H2Error as exc:
+            got.append({"error": repr(exc)})
+        frames.append(got)
+    assert frames[1] == frames[0]

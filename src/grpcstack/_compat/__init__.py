@@ -7,8 +7,8 @@ upgrade is checked in one place; ``tests/test_transport.py`` fails loudly when o
 of the stack sees these pieces only through the public names re-exported below.
 
 Modules, one per library part: ``grpclib_server`` (Stream, Handler, Server, the body buffer),
-``h2_connection`` (the server's H2Connection), ``hpack_tables`` (server and client HPACK caches),
-``hyperframe_flags`` (frame flag names).
+``h2_connection`` (the server's H2Connection), ``h2_frame_buffer`` (its lean frame parse),
+``hpack_tables`` (server and client HPACK caches), ``hyperframe_flags`` (frame flag names).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from h2.settings import SettingCodes
 from h2.stream import StreamInputs as _StreamInputs
 from h2.utilities import utf8_encode_headers as _utf8_encode_headers
 
+from .h2_frame_buffer import LeanFrameBuffer
+
 #: h2 versions whose send_headers / send_data ServerH2Connection's lean path reproduces
 LEAN_FRAMES_H2_VERSIONS = frozenset({"4.4.1"})
 LEAN_FRAMES = h2.__version__ in LEAN_FRAMES_H2_VERSIONS
@@ -72,6 +74,12 @@ class ServerH2Connection(H2Connection):
         return count
 
     if LEAN_FRAMES:
+
+        def __init__(self, config: Any = None) -> None:
+            super().__init__(config)
+            if not self.config.client_side:
+                self.incoming_buffer = LeanFrameBuffer(server=True)
+
         # HEADERS and DATA on a stream the peer opened, written as h2 4.4 writes them (same
         # state machine inputs, HPACK encoder, flow control and errors) without building a
         # hyperframe object per frame: ~10% of a busy server. Anything unusual (padding,
