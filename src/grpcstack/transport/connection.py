@@ -421,7 +421,10 @@ class StackProtocol(asyncio.Protocol):
             self.handler.tasks.pop(stream, None)
             self._last_active = time.monotonic()
             self._answered += 1
-            if not self.processor.streams:
+            if not streams:
+                # the connection's last call: nothing else will join its frames, so they go
+                # out now rather than a loop iteration later (one call at a time: -1 iteration)
+                self._proxy.flush()
                 if self._drain_state == 2:
                     self._close_when_read()
                 elif self._drain_state == -1:
