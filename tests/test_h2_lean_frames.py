@@ -19,7 +19,6 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
-    WindowUpdateFrame,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -192,9 +191,10 @@ def _wire(draw: st.DrawFn) -> tuple[bytes, list[int]]:
         elif kind == "ping":
             out.append(PingFrame(0, opaque_data=b"12345678").serialize())
         elif kind == "window":
-            out.append(
-                WindowUpdateFrame(target, window_increment=draw(st.integers(0, 9))).serialize()
-            )
+            increment = draw(st.sampled_from([1, 7, 0, 2**31 - 1, 2**31, 2**32 - 1]))
+            body = increment.to_bytes(4, "big") + draw(st.sampled_from([b"", b"", b"x"]))
+            head = len(body).to_bytes(3, "big") + b"\x08" + bytes([draw(st.integers(0, 255))])
+            out.append(head + target.to_bytes(4, "big") + body)
         elif kind == "rst":
             out.append(RstStreamFrame(target or 1).serialize())
         elif kind == "junk":  # an unknown frame type, a bad length

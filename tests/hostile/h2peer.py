@@ -52,16 +52,19 @@ class Peer:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, port: int, *, validate: bool = True) -> Peer:
+    async def connect(
+        cls, port: int, *, validate: bool = True, stream_window: int = 2**30, big_connection=True
+    ) -> Peer:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         peer = cls(reader, writer)
         if not validate:
             peer.h2.config.validate_outbound_headers = False
             peer.h2.config.normalize_outbound_headers = False
         peer.h2.initiate_connection()
-        # big windows: the tests decide what the server may send, not flow control
-        peer.h2.increment_flow_control_window(2**30)
-        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30})
+        # big windows by default: the tests decide what the server may send, not flow control
+        if big_connection:
+            peer.h2.increment_flow_control_window(2**30)
+        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
         peer.flush()
         peer._task = asyncio.create_task(peer._read())
         return peer

@@ -14,6 +14,7 @@ from conftest import channel, running, settings
 from grpclib.const import Status
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
+from server_metrics import handled
 
 from gen.echo.v1 import EchoRequest, EchoServiceStub
 from hostile.h2peer import ECHO, Peer, frame
@@ -210,6 +211,27 @@ async def test_truncated_body_is_invalid_argument_without_a_traceback(caplog) ->
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
 
 
+async def test_unary_request_without_its_message_is_internal_without_a_traceback(caplog) -> None:
+    """A client that half-closes a unary call with no message: grpc-java's INTERNAL "Half-closed
+    without a request", not the handler's assert and its traceback."""
+    server = EchoServer(settings())
+    async with running(server):
+        peer = await Peer.connect(server.port)
+        try:
+            sid = peer.request()  # HEADERS with END_STREAM, no DATA
+            await peer.wait_for(lambda: peer.status(sid) is not None)
+            assert peer.status(sid) == Status.INTERNAL.value
+            assert peer.message(sid) == "Half-closed without a request"
+            again = peer.request(body("still served"))
+            await peer.wait_for(lambda: peer.status(again) is not None)
+            assert peer.status(again) == 0
+        finally:
+            await peer.close()
+    assert not [r for r in caplog.records if r.exc_info]
+    counted = handled(server, "echo.v1.EchoService")
+    assert counted[("Echo", "Internal")] == 1 and counted[("Echo", "OK")] == 1
+
+
 async def test_ping_flood_gets_too_many_pings() -> None:
     server = EchoServer(settings())
     async with running(server):
@@ -277,3 +299,36 @@ async def test_reset_streams_release_their_stream_slots() -> None:
             assert peer.status(last) == 0
         finally:
             await peer.close()
+
+
+async def test_answers_larger_than_the_client_windows_wait_for_its_window_updates() -> None:
+    """The server's send blocks on the client's flow-control windows and resumes at each
+    WINDOW_UPDATE: a stream's own (stream window 1 KiB) and the connection's (65,535 bytes)."""
+    server = EchoServer(settings())
+    async with running(server):
+        for stream_window, big_connection in ((1024, True), (2**30, False)):
+            peer = await Peer.connect(
+                server.port, stream_window=stream_window, big_connection=big_connection
+            )
+            try:
+                # the server's SETTINGS and window raise first: the request itself is big too
+                await peer.wait_for(lambda p=peer: p.h2.outbound_flow_control_window > 10**6)
+                request = body("w" * 200_000)  # the answer carries it back: ~3x 65,535
+                sids = []
+                for _ in range(2):
+                    sid = peer.request(end=False)  # headers only
+                    for start in range(0, len(request), 16_384):
+                        chunk = request[start : start + 16_384]
+                        last = start + 16_384 >= len(request)
+                        peer.h2.send_data(sid, chunk, end_stream=last)
+                    peer.flush()
+                    sids.append(sid)
+                await peer.wait_for(
+                    lambda p=peer, ids=sids: all(p.status(s) is not None for s in ids)
+                )
+                for sid in sids:
+                    assert peer.status(sid) == 0
+                    received = sum(len(e.data) for e in peer.of(h2.events.DataReceived, sid))
+                    assert received > 200_000
+            finally:
+                await peer.close()

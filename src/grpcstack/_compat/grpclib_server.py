@@ -134,6 +134,14 @@ class ServerH2Stream(grpclib.protocol.Stream):
         self.headers = None
         self.trailers = None
 
+    def window_updated_now(self) -> None:
+        """grpclib's ``window_updated.set()`` on a WINDOW_UPDATE: only a send that found no
+        window waits on that Event, and it made it; none made, nobody to wake (gRPC clients send
+        two WINDOW_UPDATEs per call, and one for the connection touches every stream)."""
+        event = self.__dict__.get("window_updated")
+        if event is not None:
+            event.set()
+
     def __getattr__(self, name: str) -> Any:
         if name in _LAZY_EVENTS:
             event = asyncio.Event()
@@ -265,6 +273,14 @@ class ServerStreamBase(grpclib.server.Stream):  # type: ignore[type-arg]
     @property
     def server_streaming(self) -> bool:
         return self._cardinality.server_streaming  # type: ignore[no-any-return]
+
+    @property
+    def client_streaming(self) -> bool:
+        return self._cardinality.client_streaming  # type: ignore[no-any-return]
+
+    @property
+    def messages_received(self) -> int:
+        return self._messages_received  # type: ignore[no-any-return]
 
     @property
     def recv_type(self) -> type:

@@ -35,6 +35,7 @@ from h2.events import (
     PingReceived,
     RequestReceived,
     StreamReset,
+    WindowUpdated,
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
@@ -350,6 +351,15 @@ class StackProtocol(asyncio.Protocol):
                 self._on_request(event, reset_now)
             elif kind is StreamReset:
                 self._on_reset(event)
+            elif kind is WindowUpdated:
+                streams = processor.streams
+                if event.stream_id:
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.window_updated_now()
+                else:
+                    for stream in streams.values():
+                        stream.window_updated_now()
             elif kind is PingReceived:
                 self._on_ping()
             elif kind is PingAckReceived:

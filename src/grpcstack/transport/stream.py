@@ -66,6 +66,10 @@ class LimitedStream(ServerStreamBase):
         except AssertionError:  # grpclib's Buffer: the stream ended inside the prefix
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix") from None
         if not meta:
+            if not self.client_streaming and not self.messages_received:
+                # a unary request method's client half-closed without sending its one message
+                # (grpc-java's status and words; the stub would fail an assert otherwise)
+                raise GRPCError(Status.INTERNAL, "Half-closed without a request")
             return None
         if len(meta) != 5:
             raise GRPCError(Status.INVALID_ARGUMENT, "Truncated message prefix")
