@@ -1,4 +1,4 @@
-"""h2's frame buffer with the two frames a gRPC server mostly receives built straight from bytes."""
+"""h2's frame buffer with the frames a gRPC server mostly receives built straight from bytes."""
 
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ class LeanFrameBuffer(FrameBuffer):
         return frame
 
     def _window_update(self, data: bytearray, high: int, low: int, stream_id: int) -> Any:
-        if high or low != 4 or 4 > self.max_frame_size:
-            return super().__next__()
+        if high or low != 4:
+            return super().__next__()  # hyperframe refuses any other length
         if len(data) < 13:
             raise StopIteration
         increment = _INCREMENT.unpack_from(data, 9)[0]
