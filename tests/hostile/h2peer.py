@@ -53,7 +53,12 @@ class Peer:
 
     @classmethod
     async def connect(
-        cls, port: int, *, validate: bool = True, stream_window: int = 2**30, big_connection=True
+        cls,
+        port: int,
+        *,
+        validate: bool = True,
+        stream_window: int = 2**30,
+        big_connection: bool = True,
     ) -> Peer:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         peer = cls(reader, writer)
