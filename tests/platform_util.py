@@ -1,4 +1,5 @@
-"""Shared helpers of the platform tests: settings in a temporary directory, metadata, metrics."""
+"""Shared helpers of the platform tests: settings in a temporary directory, metadata, metrics,
+whether a process still runs."""
 
 from __future__ import annotations
 
@@ -48,3 +49,12 @@ def loads(server: PlatformServer, method: str) -> float:
         {"service": server.settings.SERVICE_NAME, "method": method},
     )
     return value or 0.0
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet has stopped too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

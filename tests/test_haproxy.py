@@ -25,6 +25,7 @@ from conftest import ROOT
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
+from hostile.h2peer import frame, grpc_headers
 from ops_process import TARGET, ServeProcess, sample, scrape
 from redis_process import free_port
 from waiting import eventually
@@ -346,18 +347,9 @@ class StalledClient:
 
     def call(self, path: str, request: EchoRequest) -> int:
         sid = self.h2.get_next_available_stream_id()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "127.0.0.1"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            ("user-agent", "grpc-go/1.70.0"),  # a client known to ride GOAWAY
-        ]
-        self.h2.send_headers(sid, headers)
-        body = bytes(request)
-        body = b"\0" + len(body).to_bytes(4, "big") + body
+        # a client known to ride GOAWAY
+        self.h2.send_headers(sid, grpc_headers(path, ("user-agent", "grpc-go/1.70.0")))
+        body = frame(bytes(request))
         size = self.h2.max_outbound_frame_size
         for start in range(0, len(body), size):
             last = start + size >= len(body)

@@ -16,7 +16,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from images import text_image
-from platform_util import cache_count, loads, platform, user
+from platform_util import alive, cache_count, loads, platform, user
 from waiting import eventually
 
 from gen.indicator.v1 import ComputeIndicatorRequest, IndicatorServiceStub
@@ -111,15 +111,6 @@ async def test_the_cli_serves_every_service_on_embedded_defaults(tmp_path: Path)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie nobody reaped yet has stopped too)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cmdline(pid: int) -> str:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from platform_util import alive
 from pymongo import MongoClient
 from redis_process import free_port
 from waiting import eventually
@@ -30,15 +31,6 @@ with open(log, "ab") as out:
 print(child.pid, flush=True)
 child.wait()
 """
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie nobody reaped yet has stopped too)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def answers(port: int) -> bool:
