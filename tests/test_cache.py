@@ -61,9 +61,12 @@ def test_keys_are_canonical_and_salted() -> None:
     assert key.count(":") == 3
 
 
-@pytest.fixture
-async def resources(redis_process: Any) -> Any:
-    res = Resources(settings(REDIS_URL=redis_process.url))
+@pytest.fixture(params=["multiplexed", "pool"])
+async def resources(redis_process: Any, request: Any) -> Any:
+    """L2 reads and guarded writes over the multiplexed connection (the default), or the pool."""
+    res = Resources(
+        settings(REDIS_URL=redis_process.url, REDIS_MULTIPLEXED=request.param == "multiplexed")
+    )
     yield res
     await res.close()
 
@@ -80,7 +83,12 @@ def two_tier(
     return TieredCache(
         [
             Tier("l1", LRUMemoryCache(100, **({"clock": clock} if clock else {})), l1_ttl),
-            Tier("l2", SharedRedisCache(resources.redis(2)), l2_ttl, 0.5),
+            Tier(
+                "l2",
+                SharedRedisCache(resources.redis(2), fast=resources.redis_multiplexed(2)),
+                l2_ttl,
+                0.5,
+            ),
         ],
         service="test",
         namespace="t",
@@ -272,7 +280,12 @@ async def test_tier_and_l1_metrics(resources: Resources) -> None:
     cache = TieredCache(
         [
             Tier("l1", LRUMemoryCache(2), 300),
-            Tier("l2", SharedRedisCache(resources.redis(2)), 3600, 0.5),
+            Tier(
+                "l2",
+                SharedRedisCache(resources.redis(2), fast=resources.redis_multiplexed(2)),
+                3600,
+                0.5,
+            ),
         ],
         service="svc",
         namespace="mt",

@@ -3,7 +3,8 @@
 Opened inside the running loop before ``before_start`` and closed after ``after_stop``:
 
 * Redis (REDIS_URL): one client per database number of the seeds' REDIS_DB_* allocation, each
-  on a blocking pool with explicit timeouts and bounded retries.
+  on a blocking pool with explicit timeouts and bounded retries; and, for the cache's per-call
+  commands, one ``MultiplexedRedis`` (a pipelined connection) per database (REDIS_MULTIPLEXED).
 * MongoDB (MONGO_URL): PyMongo's ``AsyncMongoClient`` (MONGO_DRIVER=motor for teams that pin
   Motor), with serverSelectionTimeoutMS set so a down server fails fast and socketTimeoutMS
   (optionally timeoutMS) so a hung one fails a query instead of pinning it.
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .duckdb_store import DuckDBStore
+    from .redis_multiplexed import MultiplexedRedis
 
 log = logging.getLogger("grpcstack.resources")
 
@@ -39,6 +41,7 @@ class Resources:
         self.settings = settings
         self.opened = False
         self._redis: dict[int, Redis] = {}
+        self._multiplexed: dict[int, MultiplexedRedis] = {}
         self._mongo: Any = None
         self._duckdb: DuckDBStore | None = None
 
@@ -68,6 +71,9 @@ class Resources:
         if self._duckdb is not None:
             store, self._duckdb = self._duckdb, None
             await store.close()
+        multiplexed, self._multiplexed = list(self._multiplexed.values()), {}
+        for mux in multiplexed:
+            await mux.close()
         clients, self._redis = list(self._redis.values()), {}
         for client in clients:
             try:
@@ -92,6 +98,27 @@ class Resources:
             require("redis", "REDIS_URL")
             client = self._redis[db] = _make_redis(s, db)
         return client
+
+    def redis_multiplexed(self, db: int | None = None) -> MultiplexedRedis | None:
+        """The pipelined connection for database ``db`` (REDIS_DB_GRPC when omitted); None when
+        REDIS_MULTIPLEXED is off or REDIS_URL is not a ``redis://`` or ``unix://`` URL."""
+        s = self.settings
+        if not s.REDIS_URL:
+            raise ResourceNotConfigured("REDIS_URL is not set")
+        from .redis_multiplexed import MultiplexedRedis
+
+        if not s.REDIS_MULTIPLEXED or not MultiplexedRedis.supports(s.REDIS_URL):
+            return None
+        db = s.REDIS_DB_GRPC if db is None else db
+        mux = self._multiplexed.get(db)
+        if mux is None:
+            mux = self._multiplexed[db] = MultiplexedRedis.from_url(
+                s.REDIS_URL,
+                db=db,
+                connect_timeout=s.REDIS_CONNECT_TIMEOUT_SECONDS,
+                stall_timeout=s.REDIS_SOCKET_TIMEOUT_SECONDS,
+            )
+        return mux
 
     # --- MongoDB ----------------------------------------------------------------------------
 
@@ -179,6 +206,7 @@ def _make_redis(s: ServerSettings, db: int) -> Redis:
         "socket_connect_timeout": s.REDIS_CONNECT_TIMEOUT_SECONDS,
         "health_check_interval": 30,
     }
-    pool = BlockingConnectionPool.from_url(s.REDIS_URL, **kwargs)
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), s.REDIS_RETRIES)
-    return Redis(connection_pool=pool, retry=retry)
+    # on the pool's connections: redis-py ignores a Redis(retry=...) given with a pool, so a
+    # command on a connection that went stale (a Redis restart) failed instead of retrying
+    kwargs["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), s.REDIS_RETRIES)
+    return Redis(connection_pool=BlockingConnectionPool.from_url(s.REDIS_URL, **kwargs))

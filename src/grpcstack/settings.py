@@ -193,6 +193,9 @@ class ServerSettings(BaseSettings):
     REDIS_SOCKET_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
     REDIS_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 1.0
     REDIS_RETRIES: Annotated[int, Field(ge=0)] = 1
+    # the cache's per-call commands over one pipelined connection per database (redis:// and
+    # unix:// URLs), not the pool: ~7 us of CPU per command instead of ~50-75 us
+    REDIS_MULTIPLEXED: bool = True
     REDIS_REQUIRED_FOR_READINESS: bool = False  # cache and limits degrade without Redis
     REDIS_DB_USER: int = 0
     REDIS_DB_MARKET: int = 1

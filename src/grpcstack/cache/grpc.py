@@ -72,7 +72,8 @@ class GrpcCache:
             from .redis import SharedRedisCache
 
             client = resources.redis(s.REDIS_DB_GRPC)
-            tiers.append(Tier("l2", SharedRedisCache(client), s.GRPC_CACHE_L2_TTL_SECONDS, timeout))
+            l2 = SharedRedisCache(client, fast=resources.redis_multiplexed(s.REDIS_DB_GRPC))
+            tiers.append(Tier("l2", l2, s.GRPC_CACHE_L2_TTL_SECONDS, timeout))
             pubsub = client
             # the listener's own connection: an idle subscription must not hit a socket timeout
             assert s.REDIS_URL is not None

@@ -2,8 +2,8 @@
 
 The listener's connection has no socket timeout (an idle subscription is not an error: with the
 pool's 1 s timeout redis-py < 8.1 dropped it every second, redis/redis-py#4098) but TCP
-keepalive. Every (re)subscription calls ``on_subscribed`` so the owner can make up for messages
-missed while it was not subscribed.
+keepalive. Every (re)subscription Redis confirms calls ``on_subscribed`` so the owner can make up
+for messages missed while it was not subscribed: also one redis-py's retry made without raising.
 """
 
 from __future__ import annotations
@@ -62,16 +62,20 @@ class InvalidationListener:
 
     async def _listen(self) -> None:
         while True:
-            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.subscriber.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                await self.on_subscribed()  # after subscribing: no gap is left uncovered
-                self.subscriptions += 1
-                self.listening.set()
                 async for message in pubsub.listen():
-                    data = json.loads(message["data"])
-                    if data.get("src") != self.instance_id:
-                        self.on_message(data)
+                    if message["type"] == "subscribe":
+                        # Redis confirmed: at first, and after every reconnect redis-py made by
+                        # itself (its retry resubscribes without telling): make up the gap now
+                        await self.on_subscribed()
+                        self.subscriptions += 1
+                        self.listening.set()
+                    elif message["type"] == "message":
+                        data = json.loads(message["data"])
+                        if data.get("src") != self.instance_id:
+                            self.on_message(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -3,6 +3,8 @@
 aiocache 0.12's RedisCache builds its own pool, writes with setex (deprecated on redis-py 8),
 clears with KEYS and, without a namespace, FLUSHDB. This backend borrows the Resources client,
 writes ``SET key value PX ms``, invalidates with SCAN + UNLINK only, and never closes the client.
+Given the Resources' ``MultiplexedRedis`` (``fast``), the per-call commands (the tiered cache's
+read and its guarded write) go over that one pipelined connection; the rest stays on the pool.
 
 Versioned writes go through one Lua script that declares both of its keys (the method's
 generation counter and the entry, which share a ``{hash tag}`` so the script also runs on Redis
@@ -21,6 +23,8 @@ from .envelope import HEADER_LEN, KIND_TOMBSTONE, RawBytesSerializer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from ..redis_multiplexed import MultiplexedRedis
 
 
 # KEYS: generation counter, entry; ARGV: expected generation, tombstone id seen at lookup ("" for
@@ -42,15 +46,35 @@ class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
     NAME = "shared_redis"
 
     def __init__(
-        self, client: Redis, *, scan_count: int = 1000, unlink_batch: int = 500, **kwargs: Any
+        self,
+        client: Redis,
+        *,
+        fast: MultiplexedRedis | None = None,
+        scan_count: int = 1000,
+        unlink_batch: int = 500,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("timeout", None)  # the tiered cache enforces its own per-tier budget
         kwargs.setdefault("serializer", RawBytesSerializer())
         BaseCache.__init__(self, **kwargs)
         self.client = client
+        self.fast = fast
         self.scan_count = scan_count
         self.unlink_batch = unlink_batch
-        self._cas_script: Any = client.register_script(_CAS)
+        self._cas_script: Any = fast.script(_CAS) if fast else client.register_script(_CAS)
+
+    async def fetch(self, key: str) -> bytes | None:
+        """The stored entry, as the tiered cache reads it (no aiocache wrappers: no namespace,
+        plugins or serializer apply to its keys and blobs)."""
+        if self.fast is not None:
+            return await self.fast.get(key)
+        return await self.client.get(key)  # type: ignore[no-any-return]
+
+    async def _get(self, key: str, encoding: str | None = None, _conn: Any = None) -> Any:
+        if self.fast is not None:
+            value = await self.fast.get(key)
+            return value.decode(encoding) if encoding and value is not None else value
+        return await super()._get(key, encoding=encoding, _conn=_conn)
 
     async def cas_set(
         self, gen_key: str, key: str, gen: int, tombstone: bytes, blob: bytes, ttl: float

@@ -162,7 +162,8 @@ class TieredCache(Invalidation):
     async def _get_raw(self, i: int, tier: Tier, full: str) -> tuple[float, int, bytes] | None:
         if i == 0 and self._l1 is not None:
             return self._l1.get_nowait(full)  # type: ignore[no-any-return]
-        raw = await self._timed(tier, "get", tier.cache.get(full))
+        read = tier.cache.fetch(full) if tier is self._l2 else tier.cache.get(full)  # type: ignore[attr-defined]
+        raw = await self._timed(tier, "get", read)
         return None if raw is None else unwrap(raw)
 
     async def _put(
