@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from gen.echo.v1 import EchoRequest
 from grpcstack.middleware import RateLimitMiddleware
 from grpcstack.ratelimit import Limit, MemoryLimiter, RedisLimiter
+from grpcstack.redis_multiplexed import MultiplexedRedis
 from grpcstack.resources import Resources
 from platform_services.echo import EchoServer
 
@@ -60,7 +61,8 @@ def test_memory_limits_are_checked_together() -> None:
     assert not refused.allowed and refused.limit == shared
 
 
-async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None:
+@pytest.mark.parametrize("multiplexed", [True, False])
+async def test_redis_limiter_exact_under_concurrency(redis_process: Any, multiplexed: bool) -> None:
     # the shared Resources pool blocks for a free connection instead of failing at 1000 callers
     # generous timeouts: on a loaded machine 1000 callers queue for the pool's 50 connections
     resources = Resources(
@@ -69,10 +71,13 @@ async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None
             REDIS_POOL_TIMEOUT_SECONDS=30,
             REDIS_SOCKET_TIMEOUT_SECONDS=30,
             REDIS_CONNECT_TIMEOUT_SECONDS=30,
+            REDIS_MULTIPLEXED=multiplexed,
         )
     )
     try:
-        limiter = RedisLimiter(resources.redis(3), 60, prefix="t1")
+        mux = resources.redis_multiplexed(3)
+        assert (mux is not None) is multiplexed
+        limiter = RedisLimiter(resources.redis(3), 60, prefix="t1", multiplexed=mux)
         limits = [Limit("bob", 100)]
         decisions = await asyncio.gather(*(limiter.hit(limits) for _ in range(1000)))
         assert sum(d.allowed for d in decisions) == 100
@@ -83,10 +88,16 @@ async def test_redis_limiter_exact_under_concurrency(redis_process: Any) -> None
         await resources.close()
 
 
-async def test_redis_down_degrades_to_local_and_recovers(redis_process: Any) -> None:
+@pytest.mark.parametrize("multiplexed", [True, False])
+async def test_redis_down_degrades_to_local_and_recovers(
+    redis_process: Any, multiplexed: bool
+) -> None:
     redis = Redis.from_url(redis_process.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    mux = MultiplexedRedis.from_url(redis_process.url, stall_timeout=0.5) if multiplexed else None
     try:
-        limiter = RedisLimiter(redis, 60, prefix="t2", retry_backoff=0.2, max_backoff=0.2)
+        limiter = RedisLimiter(
+            redis, 60, prefix="t2", retry_backoff=0.2, max_backoff=0.2, multiplexed=mux
+        )
         limits = [Limit("carol", 5)]
         assert (await limiter.hit(limits)).backend == "redis"
         redis_process.stop()
@@ -100,6 +111,8 @@ async def test_redis_down_degrades_to_local_and_recovers(redis_process: Any) -> 
         assert not limiter.degraded and limiter.state == "closed"
     finally:
         await redis.aclose()
+        if mux is not None:
+            await mux.close()
 
 
 @pytest.mark.parametrize(("mode", "status"), [("open", Status.OK), ("closed", Status.UNAVAILABLE)])

@@ -186,6 +186,7 @@ class AsyncBaseServer:
             fail_mode=s.GRPC_RATE_LIMIT_FAIL_MODE,
             lease=s.GRPC_RATE_LIMIT_LEASE,
             lease_fraction=s.GRPC_RATE_LIMIT_LEASE_FRACTION,
+            multiplexed=self.resources.redis_multiplexed(s.REDIS_DB_RATE_LIMIT),
         )
 
     def add_readiness_check(
