@@ -2,8 +2,10 @@
 
 For each tier the same 2 KB values are read by 10 concurrent tasks three ways: the raw store
 (dict / redis-py GET / DuckDB SELECT), the aiocache backend, and the TieredCache (that tier
-alone, with envelope, metrics and timeouts). Rounds are interleaved; Redis is the given URL or a
-private redis-server started for the run.
+alone, with envelope, metrics and timeouts); for L2 also over the MultiplexedRedis connection
+the server uses (REDIS_MULTIPLEXED), raw and tiered. Rounds are interleaved; each variant reports
+latency and this process's CPU per read. Redis is the given URL or a private redis-server started
+for the run.
 
 Versioned keys: an L2 hit of a method at generation 3 (the generation looked up per call, from
 this process's copy) against the same cache with versioning off; the target is <= 1.10x.
@@ -25,6 +27,7 @@ from ..cache.memory import LRUMemoryCache
 from ..cache.redis import SharedRedisCache
 from ..cache.tiered import Tier, TieredCache
 from ..duckdb_store import DuckDBStore
+from ..redis_multiplexed import MultiplexedRedis
 
 KEYS = 200
 VALUE = os.urandom(2048)
@@ -36,8 +39,12 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 async def _measure(
-    op: Callable[[str], Awaitable[Any]], requests: int, concurrency: int
+    op: Callable[[str], Awaitable[Any]],
+    requests: int,
+    concurrency: int,
+    cpu: list[float] | None = None,
 ) -> list[float]:
+    """Latency samples; ``cpu`` gets this process's CPU seconds per read appended."""
     samples: list[float] = []
     per_task = requests // concurrency
 
@@ -48,7 +55,10 @@ async def _measure(
             await op(key)
             samples.append(time.perf_counter() - t0)
 
+    started = time.process_time()
     await asyncio.gather(*(worker(n * 7) for n in range(concurrency)))
+    if cpu is not None:
+        cpu.append((time.process_time() - started) / max(1, per_task * concurrency))
     return samples
 
 
@@ -62,16 +72,19 @@ async def run(
     from redis.asyncio import Redis
 
     redis = Redis.from_url(redis_url, db=15)
+    mux = MultiplexedRedis.from_url(redis_url, db=15)
     tmp = tempfile.mkdtemp(prefix="grpcstack-bench-")
     store = DuckDBStore(os.path.join(tmp, "bench.duckdb"))
     expiry = time.time() + 3600
     l1 = LRUMemoryCache(maxsize=KEYS * 4)  # raw, generation-0 and generation-3 copies
     l2 = SharedRedisCache(redis)
+    l2_mux = SharedRedisCache(redis, fast=mux)
     l3 = DuckDBCache(store)
     tiered = {
         "l1": TieredCache([Tier("l1", l1, 3600)], service="bench", namespace="b1"),
         "l2": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="b2"),
         "l3": TieredCache([Tier("l3", l3, 3600, 2.0)], service="bench", namespace="b3"),
+        "l2 mux": TieredCache([Tier("l2", l2_mux, 3600, 1.0)], service="bench", namespace="b2"),
         "versioned": TieredCache([Tier("l2", l2, 3600, 1.0)], service="bench", namespace="bv"),
         "l1 unversioned": TieredCache(
             [Tier("l1", l1, 3600)], service="bench", namespace="b1", versioned=False
@@ -110,6 +123,8 @@ async def run(
             "l2 raw redis GET": lambda k: redis.get(f"raw:{k}"),
             "l2 aiocache": lambda k: l2.get(f"b2:{k}:g0"),
             "l2 tiered": lambda k: tiered["l2"].get(k, method=method),
+            "l2 raw multiplexed GET": lambda k: mux.get(f"raw:{k}"),
+            "l2 tiered multiplexed": lambda k: tiered["l2 mux"].get(k, method=method),
             "l2 unversioned": lambda k: tiered["unversioned"].get(k, method=method),
             "l2 versioned": lambda k: tiered["versioned"].get(k, method=method),
             "l3 raw duckdb": duck_raw,
@@ -117,9 +132,10 @@ async def run(
             "l3 tiered": lambda k: tiered["l3"].get(k, method=method),
         }
         results: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
             for name, op in variants.items():
-                results[name] += await _measure(op, requests, concurrency)
+                results[name] += await _measure(op, requests, concurrency, cpu[name])
         # the versioning cost is small next to the noise of a shared machine: many short
         # alternating pairs (order flipped every pair), one p50 ratio per pair, their median
         for i in range(KEYS):
@@ -148,12 +164,14 @@ async def run(
     finally:
         await redis.flushdb()
         await redis.aclose()
+        await mux.close()
         await store.close()
     table = {
         name: {
             "p50_us": _pct(s, 0.5) * 1e6,
             "p99_us": _pct(s, 0.99) * 1e6,
             "mean_us": statistics.fmean(s) * 1e6,
+            "cpu_us": statistics.median(cpu[name]) * 1e6,
         }
         for name, s in results.items()
     }
@@ -163,6 +181,9 @@ async def run(
             table[f"{tier} {layer}"]["x_raw_p50"] = table[f"{tier} {layer}"]["p50_us"] / max(
                 raw["p50_us"], 1e-9
             )
+    table["l2 tiered multiplexed"]["x_raw_p50"] = table["l2 tiered multiplexed"]["p50_us"] / max(
+        table["l2 raw multiplexed GET"]["p50_us"], 1e-9
+    )
     versioned, unversioned = table["l2 versioned"], table["l2 unversioned"]
     versioning = {
         "pairs": pairs,
@@ -188,11 +209,14 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"cache tiers: {result['value_bytes']} B values, {result['concurrency']} tasks, "
         f"{result['rounds']} rounds x {result['requests_per_round']} gets per variant",
-        f"{'variant':<18} {'p50 us':>9} {'p99 us':>9} {'x raw p50':>10}",
+        f"{'variant':<24} {'p50 us':>9} {'p99 us':>9} {'x raw p50':>10} {'CPU us/read':>12}",
     ]
     for name, row in result["results"].items():
         ratio = f"{row['x_raw_p50']:.2f}" if "x_raw_p50" in row else "-"
-        lines.append(f"{name:<18} {row['p50_us']:>9.1f} {row['p99_us']:>9.1f} {ratio:>10}")
+        lines.append(
+            f"{name:<24} {row['p50_us']:>9.1f} {row['p99_us']:>9.1f} {ratio:>10} "
+            f"{row['cpu_us']:>12.1f}"
+        )
     v = result["versioned_l2_hit"]
     q1, _, q3 = v["pair_p50_ratio_quartiles"]
     lines.append(
