@@ -144,6 +144,19 @@ async def test_a_dead_server_fails_fast_and_is_found_again(redis_process: Any) -
         await mux.get("k")
 
 
+async def test_a_connection_lost_before_its_caller_resumed_fails_the_command(
+    mux: MultiplexedRedis,
+) -> None:
+    assert await mux.execute("PING") == b"PONG"
+    proto = mux._proto
+    assert proto is not None
+    proto.connection_lost(None)  # as if the server hung up just now
+    with pytest.raises(ConnectionError, match="closed by the server"):
+        await proto.send(encode_command(["PING"]))  # a waiter holding the old connection
+    assert await mux.execute("PING") == b"PONG"  # the next command reconnects
+    assert mux.connects == 2
+
+
 async def test_pending_commands_are_bounded(redis_process: Any) -> None:
     mux = MultiplexedRedis.from_url(redis_process.url, max_pending=3, stall_timeout=30)
     try:

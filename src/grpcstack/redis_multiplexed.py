@@ -118,6 +118,9 @@ class _Protocol(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[Any]:
         loop = self.owner.loop
         future = loop.create_future()
+        if self.closed:  # lost between a connect and its waiter's turn: never wait on it
+            future.set_exception(self.error or ConnectionError("Redis connection closed"))
+            return future
         if not self.waiting:
             self.progress = time.monotonic()
             if self.watchdog is None:
@@ -144,6 +147,8 @@ class _Protocol(asyncio.Protocol):
         self.watchdog = self.owner.loop.call_later(-overdue, self._check_stall)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.progress = time.monotonic()
         buf = self.buf
         buf += data
