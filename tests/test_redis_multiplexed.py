@@ -6,7 +6,10 @@ And the pool's retry: a command on a connection a Redis restart left stale is re
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from redis_process import RedisProcess
 
-from grpcstack.redis_multiplexed import (
-    MultiplexedRedis,
-    ReplyError,
-    _Incomplete,
-    encode_command,
-    parse_reply,
-)
+from grpcstack.redis_multiplexed import MultiplexedRedis, ReplyError, ReplyParser, encode_command
 from grpcstack.resources import Resources
 
 SLOW = "local t = redis.call('TIME') local stop = t[1] * 1e6 + t[2] + ARGV[1] * 1e3 " + (
@@ -48,12 +45,20 @@ async def test_reply_types(mux: MultiplexedRedis) -> None:
     assert await mux.execute("LRANGE", "l", 0, -1) == [b"a", b"", b"c"]
     nested = "return {1, {'x', {2}}, redis.call('GET', 'missing') and 1 or 0}"
     assert await mux.execute("EVAL", nested, 0) == [1, [b"x", [2]], 0]
-    assert await mux.execute("BLPOP", "empty", 0.01) is None  # a null array
+    deep = "local t = {} local c = t for i = 1, 1100 do local n = {} c[1] = n c = n end return t"
+    reply = await mux.execute("EVAL", deep, 0)  # valid, however deep: no recursion
+    for _ in range(1100):
+        (reply,) = reply
+    assert reply == []
     with pytest.raises(ReplyError, match=r"^WRONGTYPE"):
         await mux.execute("INCR", "l")
     assert await mux.execute("GET", "k") == b"\x00\r\nbinary"  # the error shifted nothing
     with pytest.raises(TypeError):
         await mux.execute("SET", "k", True)
+    for command in (["MULTI"], ["subscribe", "c"], [b"BLPOP", "q", 1], ["SELECT", 1]):
+        with pytest.raises(ValueError, match="cannot run on the shared multiplexed connection"):
+            await mux.execute(*command)  # they would hand replies to the wrong callers
+    assert await mux.get("k") == b"\x00\r\nbinary"
 
 
 async def test_a_large_value_and_many_concurrent_callers(mux: MultiplexedRedis) -> None:
@@ -223,6 +228,9 @@ def test_urls() -> None:
         "u",
         "p@ss",
     )
+    query = MultiplexedRedis.from_url("unix:///run/r.sock?db=3&password=p%40ss&username=u")
+    assert (query.path, query.db, query.username, query.password) == ("/run/r.sock", 3, "u", "p@ss")
+    assert MultiplexedRedis.from_url("redis://h/x").db == 0  # not a number: ignored, as redis-py
     assert Resources(settings(REDIS_URL="rediss://h")).redis_multiplexed() is None
     assert (
         Resources(settings(REDIS_URL="redis://h", REDIS_MULTIPLEXED=False)).redis_multiplexed()
@@ -254,6 +262,62 @@ async def test_garbage_from_the_server_fails_the_callers() -> None:
         await served.wait()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_server_that_accepts_and_drops_gets_the_back_off(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path, ["--maxclients", "1"])
+    server.start()
+    hog = socket.create_connection(("127.0.0.1", server.port))  # the only client slot
+    hog.sendall(b"PING\r\n")
+    hog.recv(100)
+    mux = MultiplexedRedis("127.0.0.1", server.port, backoff=(30, 30))
+    try:
+        for _ in range(20):
+            with pytest.raises((ConnectionError, ReplyError)):
+                await mux.get("k")
+        assert mux.attempts == 1 and mux.connects == 0  # not a connection per command
+    finally:
+        await mux.close()
+        hog.close()
+        server.stop()
+
+
+async def test_close_during_a_connect_its_callers_left() -> None:
+    answered = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(100)  # the hello
+            await answered.wait()  # answered only after the client was closed
+            writer.write(b"+OK\r\n+PONG\r\n")
+            await writer.drain()
+            await reader.read(100)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    problems: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: problems.append(ctx["message"]))
+    mux = MultiplexedRedis("127.0.0.1", server.sockets[0].getsockname()[1], password="pw")
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await mux.get("k")  # gives up; the shared connect goes on
+        late = asyncio.ensure_future(mux.get("k"))  # joins the same attempt
+        await asyncio.sleep(0)
+        await mux.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            await late  # at once, not after the connect timeout
+        answered.set()
+        gc.collect()
+        await asyncio.sleep(0.05)
+    finally:
+        answered.set()
+        server.close()
+        await server.wait_closed()
+        loop.set_exception_handler(None)
+    assert not problems
 
 
 async def test_the_pool_retries_a_command_on_a_connection_a_restart_left_stale(
@@ -315,22 +379,53 @@ _reply = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=5), max_le
 def test_parser_matches_the_encoding_at_any_split(replies: list[Any], data: Any) -> None:
     stream = b"".join(_encode(r) for r in replies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    buf = bytearray()
+    parser = ReplyParser()
     parsed = []
     last = 0
     for cut in [*cuts, len(stream)]:
-        buf += stream[last:cut]
+        parsed += parser.feed(stream[last:cut])
         last = cut
-        pos = 0
-        try:
-            while pos < len(buf):
-                value, pos = parse_reply(buf, pos)
-                parsed.append(value)
-        except _Incomplete:
-            pass
-        del buf[:pos]
-    assert not buf
+    assert not parser.buf and not parser.stack
     assert [_plain(v) for v in parsed] == [_plain(r) for r in replies]
+
+
+def test_parser_null_array_and_bad_streams() -> None:
+    assert ReplyParser().feed(b"*-1\r\n*0\r\n") == [None, []]
+    for bad in (b"?x\r\n", b"$3\r\nabcd\r\n", b":1x\r\n"):
+        with pytest.raises(ValueError):
+            ReplyParser().feed(bad)
+
+
+def test_a_long_array_cut_in_many_reads_is_parsed_once() -> None:
+    n = 200_000
+    stream = b"*%d\r\n" % n + b"".join(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(n))
+    started = time.process_time()
+    assert len(ReplyParser().feed(stream)[0]) == n
+    whole = time.process_time() - started
+    parser = ReplyParser()
+    started = time.process_time()
+    out = []
+    for at in range(0, len(stream), 4096):
+        out += parser.feed(stream[at : at + 4096])
+    cut = time.process_time() - started
+    assert len(out[0]) == n and out[0][-1] == b"%d" % (n - 1)
+    assert cut < 3 * whole + 0.2  # re-parsing from the array's start per read was ~10x
+
+
+async def test_split_replies_retain_no_memory(mux: MultiplexedRedis) -> None:
+    big = b"x" * (1 << 20)  # several reads per GET
+    await mux.execute("SET", "big", big)
+    assert await mux.get("big") == big
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(30):
+            assert await mux.get("big") == big
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4 << 20, f"{grown / 2**20:.1f} MiB retained after 30 GETs of 1 MiB"
 
 
 def test_encode_command() -> None:

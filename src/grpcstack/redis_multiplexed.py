@@ -14,14 +14,17 @@ What a pool gives, kept:
 * a server that stops answering (replies overdue by ``stall_timeout`` while commands wait)
   loses its connection: every waiting command fails with ``ConnectionError``, none hangs;
 * a lost connection fails the commands in flight (never retried: a write may have happened)
-  and the next command reconnects (one attempt shared by concurrent callers); after a failed
-  connect, commands fail at once for a short, growing back-off instead of each waiting out a
-  connect timeout;
-* at most ``max_pending`` commands wait at once: past that a command fails at once.
+  and the next command reconnects (one attempt shared by concurrent callers, connected once
+  its AUTH/SELECT/PING are answered); after a failed connect, commands fail at once for a
+  short, growing back-off instead of each waiting out a connect timeout;
+* at most ``max_pending`` commands wait at once: past that a command fails at once;
+* commands that change the connection's state or hold it (MULTI, SUBSCRIBE, SELECT, BLPOP,
+  ...) are refused: on a shared connection they would misroute or stall the others' replies.
 
-Scope: RESP2 replies, ``redis://`` and ``unix://`` URLs with user/password and database; one
-server (a Redis Cluster or a ``rediss://`` URL stays on redis-py). Replies are bytes (bulk and
-simple strings), int, None or lists of them; an error reply raises ``ReplyError``.
+Scope: RESP2 replies (parsed incrementally: a reply cut anywhere, however long or deep, is
+parsed once), ``redis://`` and ``unix://`` URLs with user/password and database; one server (a
+Redis Cluster or a ``rediss://`` URL stays on redis-py). Replies are bytes (bulk and simple
+strings), int, None or lists of them; an error reply raises ``ReplyError``.
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 Arg = bytes | str | int | float
 
 
+#: commands that change a connection's state or hold it: not for a connection callers share
+_SHARED_CONNECTION_BREAKERS = frozenset(
+    """MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE
+    SUNSUBSCRIBE MONITOR SELECT AUTH HELLO RESET QUIT CLIENT SYNC PSYNC REPLCONF BLPOP BRPOP
+    BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP XREAD XREADGROUP WAIT WAITAOF""".split()
+)
+
+
 class ReplyError(Exception):
     """An error reply from Redis (e.g. ``WRONGTYPE ...``, ``NOSCRIPT ...``)."""
-
-
-class _Incomplete(Exception):
-    """The buffer ends inside a reply: wait for more bytes."""
-
-
-_INCOMPLETE = _Incomplete()
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
@@ -65,39 +69,70 @@ def encode_command(args: Sequence[Arg]) -> bytes:
     return b"".join(parts)
 
 
-def parse_reply(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
-    """One RESP2 reply starting at ``pos``: (value, position after it). An error reply's value
-    is a ``ReplyError`` (returned, not raised: it belongs to one caller). Raises _Incomplete
-    when the reply has not fully arrived."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        raise _INCOMPLETE
-    kind = buf[pos]
-    if kind == 36:  # $ bulk string
-        size = int(buf[pos + 1 : end])
-        if size < 0:
-            return None, end + 2
-        stop = end + 2 + size
-        if len(buf) < stop + 2:
-            raise _INCOMPLETE
-        return bytes(buf[end + 2 : stop]), stop + 2
-    if kind == 43:  # + simple string
-        return bytes(buf[pos + 1 : end]), end + 2
-    if kind == 58:  # : integer
-        return int(buf[pos + 1 : end]), end + 2
-    if kind == 42:  # * array
-        count = int(buf[pos + 1 : end])
-        if count < 0:
-            return None, end + 2
-        pos = end + 2
-        items = []
-        for _ in range(count):
-            item, pos = parse_reply(buf, pos)
-            items.append(item)
-        return items, pos
-    if kind == 45:  # - error
-        return ReplyError(bytes(buf[pos + 1 : end]).decode(errors="replace")), end + 2
-    raise ValueError(f"not a RESP2 reply: {bytes(buf[pos : pos + 16])!r}")
+class ReplyParser:
+    """Incremental RESP2: bytes in, complete replies out. Arrays in progress are kept between
+    reads, so a long array is parsed once however it was cut, and nesting needs no recursion.
+    An error reply's value is a ``ReplyError`` (returned, not raised: it belongs to one
+    caller). A stream that is not RESP2 raises ValueError."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.stack: list[list[Any]] = []  # arrays in progress: [items, still to come]
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self.buf
+        buf += data
+        size = len(buf)
+        stack = self.stack
+        out: list[Any] = []
+        pos = 0
+        try:
+            while pos < size:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                kind = buf[pos]
+                value: Any
+                if kind == 36:  # $ bulk string
+                    length = int(buf[pos + 1 : end])
+                    if length < 0:
+                        value, pos = None, end + 2
+                    else:
+                        stop = end + 2 + length
+                        if size < stop + 2:
+                            break
+                        if buf[stop : stop + 2] != b"\r\n":
+                            raise ValueError("a bulk string longer than announced")
+                        value, pos = bytes(buf[end + 2 : stop]), stop + 2
+                elif kind == 42:  # * array
+                    count = int(buf[pos + 1 : end])
+                    pos = end + 2
+                    if count > 0:
+                        stack.append([[], count])
+                        continue
+                    value = None if count < 0 else []
+                elif kind == 58:  # : integer
+                    value, pos = int(buf[pos + 1 : end]), end + 2
+                elif kind == 43:  # + simple string
+                    value, pos = bytes(buf[pos + 1 : end]), end + 2
+                elif kind == 45:  # - error
+                    text = bytes(buf[pos + 1 : end]).decode(errors="replace")
+                    value, pos = ReplyError(text), end + 2
+                else:
+                    raise ValueError(f"not a RESP2 reply: {bytes(buf[pos : pos + 16])!r}")
+                while stack:  # the value completes its array, maybe the enclosing ones too
+                    top = stack[-1]
+                    top[0].append(value)
+                    top[1] -= 1
+                    if top[1]:
+                        break
+                    stack.pop()
+                    value = top[0]
+                else:
+                    out.append(value)
+        finally:
+            del buf[:pos]
+        return out
 
 
 class _Protocol(asyncio.Protocol):
@@ -105,7 +140,7 @@ class _Protocol(asyncio.Protocol):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.buf = bytearray()
+        self.parser = ReplyParser()
         self.out: list[bytes] = []
         self.closed = False
         self.error: Exception | None = None
@@ -150,27 +185,22 @@ class _Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.progress = time.monotonic()
-        buf = self.buf
-        buf += data
-        pos = 0
-        waiting = self.waiting
         try:
-            while pos < len(buf):
-                value, pos = parse_reply(buf, pos)
-                if not waiting:
-                    raise ValueError("a reply nobody asked for")
-                future = waiting.popleft()
-                if not future.done():  # a caller that timed out has left
-                    if isinstance(value, ReplyError):
-                        future.set_exception(value)
-                    else:
-                        future.set_result(value)
-        except _Incomplete:
-            pass
-        except ValueError as exc:  # the stream cannot be trusted any more
-            self.abort(ConnectionError(f"Redis protocol error: {exc}"))
+            replies = self.parser.feed(data)
+        except Exception as exc:  # the stream cannot be trusted any more
+            self.abort(ConnectionError(f"Redis protocol error: {exc!r}"))
             return
-        del buf[:pos]
+        waiting = self.waiting
+        for value in replies:
+            if not waiting:
+                self.abort(ConnectionError("Redis protocol error: a reply nobody asked for"))
+                return
+            future = waiting.popleft()
+            if not future.done():  # a caller that timed out has left
+                if isinstance(value, ReplyError):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
 
     def abort(self, error: Exception) -> None:
         if self.closed:
@@ -221,32 +251,34 @@ class MultiplexedRedis:
         self._down_error: Exception | None = None
         self._next_backoff = backoff[0]
         self._closed = False
+        self._open_task: asyncio.Task[_Protocol] | None = None
+        self._allowed: set[Arg] = {b"GET", b"EVALSHA", b"EVAL"}
         self.attempts = 0  # connects tried
         self.connects = 0  # connections made
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MultiplexedRedis:
-        """``redis://[user:password@]host[:port][/db]`` or ``unix://[user:password@]/path[?db=N]``;
-        ``db`` in kwargs wins over the URL's."""
+        """``redis://[[user]:password@]host[:port][/db]`` or ``unix://[[user]:password@]/path``;
+        ``db``, ``username`` and ``password`` may also be query parameters (as redis-py reads
+        them; its other parameters tune its pool and are ignored here); kwargs win over the URL."""
         parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        options: dict[str, Any] = {
-            "username": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-        }
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        username = unquote(parts.username) if parts.username else query.get("username")
+        password = unquote(parts.password) if parts.password else query.get("password")
+        options: dict[str, Any] = {"username": username or None, "password": password}
         if parts.scheme == "redis":
             options["host"] = parts.hostname or "127.0.0.1"
             options["port"] = parts.port or 6379
-            db = parts.path.strip("/")
-            if db:
+            db = parts.path.replace("/", "")
+            if db.isdigit():  # redis-py ignores a path that is not a number, so do we
                 options["db"] = int(db)
         elif parts.scheme == "unix":
             options["path"] = unquote(parts.path)
         else:
             raise ValueError(f"MultiplexedRedis serves redis:// and unix:// URLs, not {url!r}")
         if "db" in query:
-            options["db"] = int(query["db"][0])
+            options["db"] = int(query["db"])
         options.update(kwargs)
         return cls(**options)
 
@@ -263,13 +295,24 @@ class MultiplexedRedis:
         return len(self._proto.waiting) if self._proto is not None else 0
 
     async def execute(self, *args: Arg) -> Any:
-        """Send one command and wait for its reply."""
+        """Send one command and wait for its reply. Commands that change the connection's state
+        or block it (MULTI, SUBSCRIBE, SELECT, BLPOP, ...) are refused: they would hand other
+        callers' replies to the wrong caller or stall them all; use the pool for those."""
+        if args[0] not in self._allowed:
+            self._check(args[0])
         proto = self._proto
         if proto is None or proto.closed:
             proto = await self._connect()
         if len(proto.waiting) >= self.max_pending:
             raise ConnectionError(f"{self.max_pending} Redis commands are already waiting")
         return await proto.send(encode_command(args))
+
+    def _check(self, name: Arg) -> None:
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        if text.upper() in _SHARED_CONNECTION_BREAKERS:
+            raise ValueError(f"{text} cannot run on the shared multiplexed connection")
+        if len(self._allowed) < 256:
+            self._allowed.add(name)
 
     async def get(self, key: str | bytes) -> bytes | None:
         return await self.execute(b"GET", key)  # type: ignore[no-any-return]
@@ -279,6 +322,8 @@ class MultiplexedRedis:
 
     async def close(self) -> None:
         self._closed = True
+        if self._open_task is not None:
+            self._open_task.cancel()  # its waiters get "closed", not a connect timeout later
         if self._proto is not None:
             self._proto.abort(ConnectionError("the client was closed"))
             self._proto = None
@@ -294,7 +339,7 @@ class MultiplexedRedis:
         if self._connecting is None:
             self.attempts += 1
             self._connecting = self.loop.create_future()
-            task = self.loop.create_task(self._open())
+            task = self._open_task = self.loop.create_task(self._open())
             task.add_done_callback(self._opened)
         # shielded: a caller timing out does not stop the attempt the others share
         return await asyncio.shield(self._connecting)
@@ -317,11 +362,14 @@ class MultiplexedRedis:
                 hello.append(proto.send(encode_command(auth)))
             if self.db:
                 hello.append(proto.send(encode_command([b"SELECT", self.db])))
+            # connected means answered: a server that accepts and drops (maxclients reached)
+            # is a failed connect, with its back-off, not a success per command
+            hello.append(proto.send(encode_command([b"PING"])))
             try:
                 for reply in hello:
                     await reply
             except BaseException:
-                proto.abort(ConnectionError("Redis refused the connection's AUTH or SELECT"))
+                proto.abort(ConnectionError("Redis did not accept the connection"))
                 for reply in hello:  # the first error is raised; the others are no news
                     if not reply.cancelled():
                         reply.exception()
@@ -329,30 +377,27 @@ class MultiplexedRedis:
         return proto
 
     def _opened(self, task: asyncio.Task[_Protocol]) -> None:
-        waiter, self._connecting = self._connecting, None
+        waiter, self._connecting, self._open_task = self._connecting, None, None
         assert waiter is not None
-        if task.cancelled():
-            waiter.cancel()
-            return
-        error = task.exception()
+        error = ConnectionError("the client was closed") if task.cancelled() else task.exception()
         if error is None:
             proto = task.result()
-            if self._closed:
-                proto.abort(ConnectionError("the client was closed"))
-                waiter.set_exception(ConnectionError("the client was closed"))
+            if not self._closed:
+                self._proto = proto
+                self.connects += 1
+                self._next_backoff = self.backoff[0]
+                waiter.set_result(proto)
                 return
-            self._proto = proto
-            self.connects += 1
-            self._next_backoff = self.backoff[0]
-            waiter.set_result(proto)
-            return
-        if isinstance(error, TimeoutError):
-            error = ConnectionError(f"Redis connect timed out after {self.connect_timeout:g} s")
-        elif not isinstance(error, ConnectionError | ReplyError):
-            error = ConnectionError(f"Redis connect failed: {error!r}")
-        self._down_error = error
-        self._down_until = time.monotonic() + self._next_backoff
-        self._next_backoff = min(self.backoff[1], 2 * self._next_backoff)
+            proto.abort(ConnectionError("the client was closed"))
+            error = ConnectionError("the client was closed")
+        elif not self._closed:
+            if isinstance(error, TimeoutError):
+                error = ConnectionError(f"Redis connect timed out after {self.connect_timeout:g} s")
+            elif not isinstance(error, ConnectionError | ReplyError):
+                error = ConnectionError(f"Redis connect failed: {error!r}")
+            self._down_error = error
+            self._down_until = time.monotonic() + self._next_backoff
+            self._next_backoff = min(self.backoff[1], 2 * self._next_backoff)
         waiter.set_exception(error)
         waiter.exception()  # retrieved: no warning when every caller has left
 
