@@ -318,8 +318,13 @@ def test_prepared_response_headers_keep_repeated_lists_only() -> None:
     conn = ServerH2Connection(config=H2Configuration(client_side=False))
     headers = [(":status", "200"), ("content-type", "application/grpc")]
     first = conn._prepare_headers(list(headers))
-    assert first == (tuple(utf8_encode_headers(headers)), None, False)
-    assert conn._prepare_headers(list(headers)) is first
-    unique = [(":status", "200"), ("x-correlation-id", "0123")]
-    assert conn._prepare_headers(unique)[0] == tuple(utf8_encode_headers(unique))
-    assert conn._prepared is not None and len(conn._prepared) == 1  # the unique list is not kept
+    assert first == (tuple(utf8_encode_headers(headers)), None, False, None)
+    assert conn._prepare_headers(list(headers))[0] is first[0]
+    # a trailing correlation id is split off: the fields before it are the kept ones
+    unique = [*headers, ("x-correlation-id", "0123")]
+    assert conn._prepare_headers(unique) == (first[0], None, False, (b"x-correlation-id", b"0123"))
+    assert conn._prepare_headers(list(unique))[0] is first[0]
+    # one elsewhere in the list: the list is prepared whole and not kept
+    inside = [(":status", "200"), ("x-correlation-id", "0123"), ("a", "b")]
+    assert conn._prepare_headers(inside)[:3] == (tuple(utf8_encode_headers(inside)), None, False)
+    assert conn._prepared is not None and len(conn._prepared) == 1

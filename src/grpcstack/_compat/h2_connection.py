@@ -41,9 +41,25 @@ class ServerH2Connection(H2Connection):
     #: header names whose values are unique per call: lists with one are not kept
     UNIQUE_NAMES = frozenset({"x-correlation-id", b"x-correlation-id"})
 
-    def _prepare_headers(self, headers: Any) -> tuple[Any, bytes | None, bool]:
+    def _prepare_headers(
+        self, headers: Any
+    ) -> tuple[Any, bytes | None, bool, tuple[bytes, bytes] | None]:
         """``headers`` as bytes (a tuple) with their ``:method`` and whether they are a 1xx
-        response, kept for lists that repeat (no per-call unique value in them)."""
+        response, kept for lists that repeat (no per-call unique value in them). A last field
+        whose value is unique per call (the correlation id every response's initial metadata
+        ends with) is split off as bytes (the fourth item): the fields before it are kept."""
+        unique = None
+        if type(headers) is list and headers:
+            last = headers[-1]
+            if type(last) is tuple and len(last) == 2 and last[0] in self.UNIQUE_NAMES:
+                name, value = last
+                if type(name) is str:
+                    name = name.encode()
+                if type(value) is str:
+                    value = value.encode()
+                if type(name) is bytes and type(value) is bytes:
+                    unique = (name, value)
+                    headers = headers[:-1]
         prepared = self._prepared
         if prepared is None:
             prepared = self._prepared = {}
@@ -52,18 +68,17 @@ class ServerH2Connection(H2Connection):
             hit = prepared.get(key) if key is not None else None
         except TypeError:  # something unhashable: h2 will say what is wrong with it
             key = hit = None
-        if hit is not None:
-            return hit
-        bytes_headers = tuple(_encode_headers(headers))
-        method, informational = _pseudo_fields(bytes_headers)
-        result = (bytes_headers, method, informational)
-        if key is not None and not any(
-            type(h) is tuple and h[0] in self.UNIQUE_NAMES for h in bytes_headers
-        ):
-            if len(prepared) >= self.PREPARED_MAX:
-                prepared.clear()
-            prepared[key] = result
-        return result
+        if hit is None:
+            bytes_headers = tuple(_encode_headers(headers))
+            method, informational = _pseudo_fields(bytes_headers)
+            hit = (bytes_headers, method, informational)
+            if key is not None and not any(
+                type(h) is tuple and h[0] in self.UNIQUE_NAMES for h in bytes_headers
+            ):
+                if len(prepared) >= self.PREPARED_MAX:
+                    prepared.clear()
+                prepared[key] = hit
+        return (*hit, unique)
 
     def _open_streams(self, remainder: int) -> int:
         streams = self.streams
@@ -114,7 +129,7 @@ class ServerH2Connection(H2Connection):
                     priority_exclusive,
                 )
             self.state_machine.process_input(_ConnectionInputs.SEND_HEADERS)
-            bytes_headers, method, informational = self._prepare_headers(headers)
+            bytes_headers, method, informational, unique = self._prepare_headers(headers)
             machine = stream.state_machine
             if informational:
                 if end_stream:
@@ -123,6 +138,8 @@ class ServerH2Connection(H2Connection):
             else:
                 machine.process_input(_StreamInputs.SEND_HEADERS)
             block = self.encoder.encode(bytes_headers)
+            if unique is not None:  # after the kept fields, as h2 would encode the whole list
+                block += self.encoder.encode((unique,))
             if end_stream:
                 machine.process_input(_StreamInputs.SEND_END_STREAM)
             if machine.trailers_sent and not end_stream:
