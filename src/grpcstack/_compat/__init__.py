@@ -8,7 +8,8 @@ of the stack sees these pieces only through the public names re-exported below.
 
 Modules, one per library part: ``grpclib_server`` (Stream, Handler, Server, the body buffer),
 ``h2_connection`` (the server's H2Connection), ``h2_frame_buffer`` (its lean frame parse),
-``hpack_tables`` (server and client HPACK caches), ``hyperframe_flags`` (frame flag names).
+``h2_state`` (its state machines' lookups), ``hpack_tables`` (server and client HPACK caches),
+``hyperframe_flags`` (frame flag names).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .h2_connection import (
     lazy_frame_repr,
     lift_inbound_stream_limit,
 )
+from .h2_state import STATE_MACHINES_H2_VERSIONS, lean_state_machines
 from .hpack_tables import (
     HPACK_VERSION,
     CachedHeaderDecoder,
@@ -54,6 +56,7 @@ __all__ = [
     "LEAN_FRAMES",
     "LEAN_FRAMES_H2_VERSIONS",
     "METADATA_VALUE_RE",
+    "STATE_MACHINES_H2_VERSIONS",
     "STATUS_DETAILS_KEY",
     "CachedHeaderDecoder",
     "CappedDecoder",
@@ -70,6 +73,7 @@ __all__ = [
     "cache_frame_flag_names",
     "drop_buffered",
     "lazy_frame_repr",
+    "lean_state_machines",
     "lift_inbound_stream_limit",
     "read_buffered",
     "send_data_now",

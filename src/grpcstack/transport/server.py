@@ -9,7 +9,7 @@ from typing import Any
 
 import h2.config
 
-from .._compat import ServerBase, cache_frame_flag_names, lazy_frame_repr
+from .._compat import ServerBase, cache_frame_flag_names, lazy_frame_repr, lean_state_machines
 from ..context import CallContext
 from .connection import StackProtocol
 from .dispatch import StackHandler
@@ -33,6 +33,7 @@ class GrpcServer(ServerBase):
         super().__init__(handlers, **kwargs)
         cache_frame_flag_names()
         lazy_frame_repr()
+        lean_state_machines()
         self.policy = policy or ConnectionPolicy()
         self.observer: TransportObserver = observer or NullObserver()
         self.compress_by_default = compress_by_default
