@@ -102,3 +102,22 @@ def test_encoder_writes_what_hpack_writes_through_inserts_evictions_and_resizes(
         blocks_kept += bool(ours._blocks)
     assert kept > 300  # the cache was actually used
     assert blocks_kept > 300
+
+
+def test_unique_values_are_the_literal_hpack_writes() -> None:
+    """The correlation id's never-indexed literal, written directly: hpack's bytes at every
+    length around the 7-bit prefix's end, and decoded back as never-indexed."""
+    from hpack.hpack import INDEX_NEVER
+
+    from grpcstack._compat import StackEncoder
+
+    encoder = StackEncoder()
+    for size in (0, 1, 32, 126, 127, 128, 300):
+        value = bytes(65 + i % 26 for i in range(size))
+        for name in (b"x-correlation-id", b"n" * 126, b"n" * 127):
+            ours = encoder._unique_literal(name, value)
+            assert ours == encoder._encode_literal(name, value, INDEX_NEVER, False)
+        block = encoder.encode([(b":status", b"200"), (b"x-correlation-id", value)])
+        (_, (name, got)) = Decoder().decode(block, raw=True)
+        assert (name, got) == (b"x-correlation-id", value)
+        assert isinstance(Decoder().decode(block, raw=True)[1], NeverIndexedHeaderTuple)

@@ -102,7 +102,7 @@ class StackEncoder(Encoder):
             if type(value) is not bytes:
                 value = _hpack_to_bytes(value)
             if name in unique:
-                parts.append(self._encode_literal(name, value, INDEX_NEVER, False))
+                parts.append(self._unique_literal(name, value))
                 keep = False
                 continue
             if sensitive:  # never indexed: the table does not change
@@ -130,8 +130,16 @@ class StackEncoder(Encoder):
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         name, value = to_add
         if name in self.UNIQUE:
-            return self._encode_literal(name, value, INDEX_NEVER, False)  # type: ignore[no-any-return]
+            return self._unique_literal(name, value)
         return super().add(to_add, sensitive, huffman)  # type: ignore[no-any-return]
+
+    def _unique_literal(self, name: bytes, value: bytes) -> bytes:
+        """hpack's never-indexed literal without Huffman (``_encode_literal(name, value,
+        INDEX_NEVER, False)``), written directly while both lengths fit the 7-bit prefix: hpack
+        builds each length with a debug log call and a bytearray."""
+        if len(name) < 127 and len(value) < 127:
+            return b"\x10%c%s%c%s" % (len(name), name, len(value), value)
+        return self._encode_literal(name, value, INDEX_NEVER, False)  # type: ignore[no-any-return]
 
 
 class CappedDecoder(Decoder):
