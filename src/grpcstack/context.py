@@ -205,9 +205,7 @@ def add_initial_metadata(metadata: MetadataLike) -> None:
     pairs = _checked(metadata)
     if call.response_initial_metadata is None:
         call.response_initial_metadata = []
-    call.response_initial_metadata.extend(pairs)
-    if call.chain is not None:
-        call.chain.listen_initial_metadata()
+    call.response_initial_metadata.extend(pairs)  # the transport writes them with the headers
 
 
 def add_trailing_metadata(metadata: MetadataLike) -> None:

@@ -101,8 +101,9 @@ class MiddlewareChain:
         server.on_call_done = self.finish
 
     def listen_initial_metadata(self) -> None:
-        """Listen to response headers from now on. Lazy: the listener costs ~7 us per call, so a
-        server pays it only once a middleware or a handler (add_initial_metadata) needs it."""
+        """Listen to response headers. Only when a middleware has an ``on_initial_metadata``
+        hook: the listener costs ~7 us per call (the call's own response headers, from
+        ``add_initial_metadata`` or the correlation id, are written by the transport)."""
         if not self._initial_listening and self._server is not None:
             self._initial_listening = True
             listen(self._server, SendInitialMetadata, self._on_initial_metadata)
@@ -135,8 +136,6 @@ class MiddlewareChain:
         if call is None:
             return
         call.initial_metadata_sent = True
-        if call.response_initial_metadata:
-            event.metadata.extend(call.response_initial_metadata)
         hooks = self._plans.get(call.method, _EMPTY).initial
         if hooks:
             await self._run_response_hooks(hooks, event, call, "initial")

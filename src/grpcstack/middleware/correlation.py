@@ -17,7 +17,7 @@ from ..context import CORRELATION_ID_KEY
 from .base import Middleware
 
 if TYPE_CHECKING:
-    from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata
+    from grpclib.events import RecvRequest
 
     from ..context import CallContext
 
@@ -56,11 +56,10 @@ class CorrelationIdMiddleware(Middleware):
         if isinstance(value, str) and _VALID.match(value):
             call.correlation_id = value
         else:
-            call.correlation_id = new_correlation_id()
-
-    def on_initial_metadata(self, event: SendInitialMetadata, call: CallContext) -> None:
-        event.metadata[self.key] = call.correlation_id
-
-    def on_trailers(self, event: SendTrailingMetadata, call: CallContext) -> None:
-        if not call.initial_metadata_sent:
-            event.metadata[self.key] = call.correlation_id
+            value = call.correlation_id = new_correlation_id()
+        # echoed as the call's own response header: the transport writes it with the initial
+        # metadata, or the trailers of a trailers-only response (no initial-metadata listener)
+        if call.response_initial_metadata is None:
+            call.response_initial_metadata = [(self.key, value)]
+        else:
+            call.response_initial_metadata.append((self.key, value))

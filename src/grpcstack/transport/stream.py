@@ -142,7 +142,10 @@ class LimitedStream(ServerStreamBase):
         return data
 
     async def send_initial_metadata(self, *, metadata: Any = None) -> None:
-        """grpclib's, plus the compression headers its metadata encoder refuses (grpc-*)."""
+        """grpclib's, plus the compression headers its metadata encoder refuses (grpc-*) and the
+        call's own response headers (``CallContext.response_initial_metadata``: the handler's
+        ``add_initial_metadata``, the correlation id), written here rather than through the
+        event, which then costs nothing while no middleware listens to it."""
         if self.initial_metadata_sent:
             raise ProtocolError("Initial metadata was already sent")
         headers = [(":status", "200"), ("content-type", self.content_type)]
@@ -153,6 +156,10 @@ class LimitedStream(ServerStreamBase):
         (md,) = await self.events.send_initial_metadata(MultiDict(metadata or ()))
         if md:
             headers.extend(_encode_metadata(md))
+        call = self.call
+        call.initial_metadata_sent = True
+        if call.response_initial_metadata:
+            headers.extend(_encode_metadata(call.response_initial_metadata))
         h2_stream = self.h2_stream
         if not send_headers_now(h2_stream, headers, False):
             await h2_stream.send_headers(headers)
@@ -245,18 +252,20 @@ _KNOWN_KEYS: set[str] = set()
 
 
 def _encode_metadata(md: Any) -> list[tuple[str, str]]:
-    """grpclib's ``encode_metadata`` (same headers, same errors) without checking a key again
-    once it passed; values are checked every time."""
-    if type(md) is MultiDict:
+    """grpclib's ``encode_metadata`` (same headers, same errors) of a MultiDict or a list of
+    pairs, without checking a key again once it passed; values are checked every time."""
+    kind = type(md)
+    if kind is MultiDict or kind is list:
         out = []
         fullmatch = METADATA_VALUE_RE.fullmatch
-        for key, value in md.items():
+        for key, value in md.items() if kind is MultiDict else md:
             if key not in _KNOWN_KEYS or type(value) is not str or not fullmatch(value):
                 break
             out.append((key, value))
         else:
             return out
     headers: list[tuple[str, str]] = encode_metadata(md)
-    if type(md) is MultiDict and len(_KNOWN_KEYS) < 1024:
-        _KNOWN_KEYS.update(key for key in md if not key.endswith("-bin"))
+    if (kind is MultiDict or kind is list) and len(_KNOWN_KEYS) < 1024:
+        keys = md.keys() if kind is MultiDict else (key for key, _ in md)
+        _KNOWN_KEYS.update(key for key in keys if not key.endswith("-bin"))
     return headers

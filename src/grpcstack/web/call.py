@@ -156,6 +156,11 @@ class WebStream:
             raise GRPCError(Status.INTERNAL, "Initial metadata was already sent")
         (md,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
         self.initial_sent = True
+        call = self.call
+        if call is not None:
+            call.initial_metadata_sent = True
+            if call.response_initial_metadata:  # as the gRPC transport writes them
+                md.extend(call.response_initial_metadata)
         await self._responder.headers(list(encode_metadata(md)))
 
     async def send_message(self, message: Any) -> None:
