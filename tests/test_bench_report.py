@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from grpcstack.bench.report import Row, Table, percentile, write
+from grpcstack.bench.report import Row, Table, percentile, verdict, write
 
 
 def _table() -> Table:
@@ -60,3 +60,17 @@ def test_charts_are_png_files_linked_from_the_report(tmp_path: Path) -> None:
     for name in ("seed000-latency.png", "seed000-throughput.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in (tmp_path / "report.md").read_text()
+
+
+def test_a_target_the_rounds_disagree_on_is_within_noise(tmp_path: Path) -> None:
+    assert verdict([0.9, 0.95], lambda r: r < 1) is True
+    assert verdict([1.1, 1.2], lambda r: r < 1) is False
+    assert verdict([0.98, 1.03, 0.99], lambda r: r < 1) is None
+    t = _table()
+    t.target("gRPC / HTTP mean latency", 1.01, "< 1", None)
+    text = write([t], tmp_path, "seed001", "cmd", {})
+    assert "1.01 (< 1) WITHIN NOISE" in text
+    assert (
+        "| gRPC / HTTP mean latency | 1.01 | < 1 | WITHIN NOISE |"
+        in (tmp_path / "report.md").read_text()
+    )

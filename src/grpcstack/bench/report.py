@@ -14,6 +14,7 @@ import math
 import platform
 import statistics
 import textwrap
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ class Table:
     def add(self, row: Row) -> None:
         self.rows.append(row)
 
-    def target(self, name: str, value: float, goal: str, met: bool) -> None:
+    def target(self, name: str, value: float, goal: str, met: bool | None) -> None:
+        """``met`` None: the rounds disagree (some meet the goal, some miss it), so the run
+        cannot tell: reported as WITHIN NOISE, not as met or missed."""
         self.targets.append({"name": name, "value": value, "goal": goal, "met": met})
 
 
@@ -105,8 +108,14 @@ def text(table: Table) -> str:
     return "\n".join(out)
 
 
-def _met(met: bool) -> str:
-    return "MET" if met else "MISSED"
+def _met(met: bool | None) -> str:
+    return "WITHIN NOISE" if met is None else "MET" if met else "MISSED"
+
+
+def verdict(per_round: list[float], meets: Callable[[float], bool]) -> bool | None:
+    """A goal met (missed) by every round's ratio is met (missed); rounds that disagree: None."""
+    results = {meets(r) for r in per_round}
+    return None if len(results) > 1 else results.pop()
 
 
 def markdown(table: Table, charts: list[str], command: str, meta: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .http import ok_calls, ok_calls_settled
 from .process import ServerProcess, free_port, pin
-from .report import Row, Table, median, percentile
+from .report import Row, Table, median, percentile, verdict
 
 ENGINE = "platform_services.bench_ocr:bench_engine"
 IMAGES = "platform_services.bench_ocr:make_images"
@@ -224,17 +224,26 @@ def _table(
         Row("server CPU", "%", {c: med(c, "cpu") for c in cols}, seed("cpu") if show_seed else {})
     )
     t.add(Row("server CPU per call", "CPU ms", {c: med(c, "cpu_ms") for c in cols}))
+
+    def rounds(col: str, base: str, key: str) -> list[float]:
+        # rounds are interleaved: round i of every column ran back to back
+        return [a[key] / b[key] for a, b in zip(rows[col], rows[base], strict=True)]
+
     for base, label in ((HTTP, "seed's HTTP"), (POOLED, "pooled HTTP")):
         for key, what in (("mean", "mean latency"), ("kb", "payload"), ("cpu_ms", "CPU per call")):
             ratio = med(GRPC, key) / med(base, key)
-            t.target(f"gRPC / {label} {what}", ratio, "< 1", ratio < 1)
+            met = verdict(rounds(GRPC, base, key), lambda r: r < 1)
+            t.target(f"gRPC / {label} {what}", ratio, "< 1", met)
     for key, what, better in (
         ("mean", "mean latency", "<="),
         ("rps", "throughput", ">="),
         ("cpu_ms", "CPU per call", "<="),
     ):
         ratio = med(CONNECT, key) / med(POOLED, key)
-        met = ratio <= 1 if better == "<=" else ratio >= 1
+        met = verdict(
+            rounds(CONNECT, POOLED, key),
+            (lambda r: r <= 1) if better == "<=" else (lambda r: r >= 1),
+        )
         t.target(f"stack's HTTP/JSON / FastAPI (pooled) {what}", ratio, f"{better} 1", met)
     t.notes += [
         f"{opts.rounds} interleaved rounds of {requests} calls, {opts.concurrency} in flight, "
@@ -250,6 +259,11 @@ def _table(
         "/ocr.v1.OCRService/ExtractText; same chain, same handler as the gRPC column. Its "
         "targets compare it with the FastAPI server it replaces, called by the same client.",
     ]
+    t.notes.append(
+        "A target is MET (MISSED) when every round's ratio meets (misses) its goal; WITHIN "
+        "NOISE when the rounds disagree: the run cannot tell the columns apart (with the real "
+        "engine, ~0.85 s of OCR per call hides the transport's fraction of a millisecond)."
+    )
     if not show_seed:
         t.notes.append("The seed's numbers are for its real engine: see the RapidOCR table.")
     return t
