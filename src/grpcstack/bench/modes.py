@@ -47,7 +47,7 @@ def add_parsers(modes: Any) -> None:
             p.add_argument(
                 "--requests",
                 type=int,
-                help="calls per column, canned engine (default 200; RapidOCR runs 1/25)",
+                help="calls per column, canned engine (default 600; RapidOCR runs 1/75)",
             )
             p.add_argument("--concurrency", type=int, default=4, help="callers in flight")
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             tables, extra = seed001.run(
                 seed001.Options(
                     rounds=rounds,
-                    requests=args.requests or (20 if quick else 200),
+                    requests=args.requests or (20 if quick else 600),
                     concurrency=args.concurrency,
                     quick=quick,
                 )
