@@ -133,6 +133,15 @@ class CallContext:
         host, port = addr[0], addr[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
+    def add_response_headers(self, pairs: list[tuple[str, str | bytes]]) -> None:
+        """Headers the transport writes with this call's response headers (in the trailers of a
+        trailers-only response). ``pairs``: valid metadata (the caller checked), a list the
+        call may keep."""
+        if self.response_initial_metadata is None:
+            self.response_initial_metadata = pairs
+        else:
+            self.response_initial_metadata.extend(pairs)
+
     def time_remaining(self) -> float | None:
         return self.deadline.time_remaining() if self.deadline is not None else None
 
@@ -202,10 +211,7 @@ def add_initial_metadata(metadata: MetadataLike) -> None:
     call = require_call()
     if call.initial_metadata_sent:
         raise RuntimeError("the response headers of this call were already sent")
-    pairs = _checked(metadata)
-    if call.response_initial_metadata is None:
-        call.response_initial_metadata = []
-    call.response_initial_metadata.extend(pairs)  # the transport writes them with the headers
+    call.add_response_headers(_checked(metadata))
 
 
 def add_trailing_metadata(metadata: MetadataLike) -> None:

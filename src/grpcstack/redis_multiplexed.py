@@ -287,10 +287,6 @@ class MultiplexedRedis:
         return urlsplit(url).scheme in ("redis", "unix")
 
     @property
-    def connected(self) -> bool:
-        return self._proto is not None and not self._proto.closed
-
-    @property
     def pending(self) -> int:
         return len(self._proto.waiting) if self._proto is not None else 0
 

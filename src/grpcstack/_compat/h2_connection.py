@@ -52,13 +52,8 @@ class ServerH2Connection(H2Connection):
         if type(headers) is list and headers:
             last = headers[-1]
             if type(last) is tuple and len(last) == 2 and last[0] in self.UNIQUE_NAMES:
-                name, value = last
-                if type(name) is str:
-                    name = name.encode()
-                if type(value) is str:
-                    value = value.encode()
-                if type(name) is bytes and type(value) is bytes:
-                    unique = (name, value)
+                unique = _bytes_pair(last)
+                if unique is not None:
                     headers = headers[:-1]
         prepared = self._prepared
         if prepared is None:
@@ -216,21 +211,29 @@ def _encode_headers(headers: Any) -> list[Any]:
         return _utf8_encode_headers(headers)
     out = []
     for header in headers:
-        if type(header) is not tuple or len(header) != 2:
-            return _utf8_encode_headers(headers)  # HeaderTuple, 3-tuples
-        name, value = header
-        kind = type(name)
-        if kind is str:
-            name = name.encode()
-        elif kind is not bytes:
-            return _utf8_encode_headers(headers)
-        kind = type(value)
-        if kind is str:
-            value = value.encode()
-        elif kind is not bytes:
-            return _utf8_encode_headers(headers)
-        out.append((name, value))
+        pair = _bytes_pair(header)
+        if pair is None:
+            return _utf8_encode_headers(headers)  # HeaderTuple, 3-tuples, other types
+        out.append(pair)
     return out
+
+
+def _bytes_pair(header: Any) -> tuple[bytes, bytes] | None:
+    """A plain 2-tuple of str or bytes as bytes (h2's utf-8 encoding); None for anything else."""
+    if type(header) is not tuple or len(header) != 2:
+        return None
+    name, value = header
+    kind = type(name)
+    if kind is str:
+        name = name.encode()
+    elif kind is not bytes:
+        return None
+    kind = type(value)
+    if kind is str:
+        value = value.encode()
+    elif kind is not bytes:
+        return None
+    return name, value
 
 
 def _pseudo_fields(headers: Any) -> tuple[bytes | None, bool]:

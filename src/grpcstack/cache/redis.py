@@ -71,10 +71,8 @@ class SharedRedisCache(RedisBackend, BaseCache):  # type: ignore[misc]
         return await self.client.get(key)  # type: ignore[no-any-return]
 
     async def _get(self, key: str, encoding: str | None = None, _conn: Any = None) -> Any:
-        if self.fast is not None:
-            value = await self.fast.get(key)
-            return value.decode(encoding) if encoding and value is not None else value
-        return await super()._get(key, encoding=encoding, _conn=_conn)
+        value = await self.fetch(key)  # aiocache's, on whichever connection fetch uses
+        return value.decode(encoding) if encoding and value is not None else value
 
     async def cas_set(
         self, gen_key: str, key: str, gen: int, tombstone: bytes, blob: bytes, ttl: float

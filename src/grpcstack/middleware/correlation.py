@@ -57,9 +57,5 @@ class CorrelationIdMiddleware(Middleware):
             call.correlation_id = value
         else:
             value = call.correlation_id = new_correlation_id()
-        # echoed as the call's own response header: the transport writes it with the initial
-        # metadata, or the trailers of a trailers-only response (no initial-metadata listener)
-        if call.response_initial_metadata is None:
-            call.response_initial_metadata = [(self.key, value)]
-        else:
-            call.response_initial_metadata.append((self.key, value))
+        # echoed as the call's own response header (no initial-metadata listener needed)
+        call.add_response_headers([(self.key, value)])
